@@ -1,0 +1,136 @@
+//! One error type for every operation, with variants a caller can act on.
+
+use std::fmt;
+
+use crate::LockKey;
+
+/// Which of PostgreSQL's two advisory lock modes an operation concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// `pg_advisory_lock`: one session at a time.
+    Exclusive,
+    /// `pg_advisory_lock_shared`: any number of sessions together, but no exclusive holder.
+    Shared,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        })
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong with a lock operation.
+///
+/// A wait that times out is not an error: timed and `try_` acquisitions return `Ok(false)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `unlock`/`unlock_shared` was called with no level of that mode held. Nothing changed.
+    #[error(
+        "advisory lock {key} is not held in {mode} mode by this lock, so there is nothing to \
+         release; pair each unlock with a successful lock of the same mode"
+    )]
+    NotHeld {
+        /// The lock's key.
+        key: LockKey,
+        /// The mode the caller tried to release.
+        mode: LockMode,
+    },
+
+    /// The lock was closed; it no longer has a session. Create a new lock to use the key again.
+    #[error("the lock was closed and has no session any more; create a new lock to use the key again")]
+    Closed,
+
+    /// The session that held levels of this lock is gone (terminated, network cut, server
+    /// restart), and with it every level: another holder may have the key now.
+    #[error(
+        "advisory lock {key} was lost: the session that held it is gone (terminated, \
+         disconnected or restarted), so another process may hold the key now; stop the \
+         work the lock protected and acquire it again"
+    )]
+    LockLost {
+        /// The lock's key.
+        key: LockKey,
+    },
+
+    /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
+    #[error(
+        "acquiring advisory lock {key} would deadlock with another session (SQLSTATE 40P01); \
+         release what this task holds and retry, or always take keys in one order"
+    )]
+    Deadlock {
+        /// The key that was being acquired.
+        key: LockKey,
+    },
+
+    /// The server's shared lock table is full (SQLSTATE 53200).
+    #[error(
+        "PostgreSQL's lock table is full while acquiring advisory lock {key} (SQLSTATE 53200); \
+         release locks or raise max_locks_per_transaction on the server"
+    )]
+    TooManyLocks {
+        /// The key that was being acquired.
+        key: LockKey,
+    },
+
+    /// Any other error from sqlx or the database.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// SQLSTATEs by name, so the matching below reads as what it means.
+pub(crate) mod sqlstate {
+    pub const DEADLOCK_DETECTED: &str = "40P01";
+    pub const OUT_OF_SHARED_MEMORY: &str = "53200";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    /// Class 08: connection exception; 57P01-57P03: the server is ending the session.
+    pub const SESSION_ENDED: [&str; 3] = ["57P01", "57P02", "57P03"];
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether `err` means the session is gone, so the server has freed its locks.
+pub(crate) fn session_is_gone(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(_) => sqlstate(err).is_some_and(|code| {
+            code.starts_with("08") || sqlstate::SESSION_ENDED.contains(&code.as_str())
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let not_held = Error::NotHeld {
+            key: LockKey::BigInt(7),
+            mode: LockMode::Shared,
+        };
+        assert!(not_held.to_string().contains("not held in shared mode"));
+        let full = Error::TooManyLocks {
+            key: LockKey::IntPair(1, 2),
+        };
+        assert!(full.to_string().contains("max_locks_per_transaction"));
+        assert!(full.to_string().contains("1,2"));
+    }
+}

@@ -1,0 +1,60 @@
+//! Distributed locks on PostgreSQL advisory locks, built on [sqlx].
+//!
+//! pglock is a Rust port of the Go library go.rtnl.ai/pglock (itself a port of
+//! github.com/allisson/go-pglock). An [`AdvisoryLock`] holds one PostgreSQL session and
+//! takes session-level advisory locks on one [`LockKey`] through it: exclusive or shared,
+//! blocking or not, stacking like PostgreSQL's own. Keys made with [`hash`] are the ones Go
+//! pglock makes, so Rust and Go services can share locks.
+//!
+//! What it adds over the Go library and over sqlx's `PgAdvisoryLock`:
+//!
+//! - **Nothing leaks into the pool.** A lock dropped while it holds levels closes its owned
+//!   pool connection instead of returning it, so the server frees the levels at once;
+//!   [`close`](AdvisoryLock::close) releases exactly the levels held, then returns a clean
+//!   connection.
+//! - **Misuse is an error.** Unlocking a mode that is not held is [`Error::NotHeld`], and
+//!   changes nothing; a lost session is [`Error::LockLost`], never silence.
+//! - **Shared locks and stacking**, as PostgreSQL has them, behind a [`DistributedLock`]
+//!   trait that tests can swap for another implementation.
+//!
+//! ```no_run
+//! use pglock::{AdvisoryLock, LockKey};
+//!
+//! # async fn example() -> pglock::Result<()> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+//! let mut lock = AdvisoryLock::new(&pool, LockKey::from_name("mylock")).await?;
+//! if lock.try_lock().await? {
+//!     // ... only one process at a time gets here ...
+//!     lock.unlock().await?;
+//! }
+//! lock.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Runtimes and features
+//!
+//! The library depends on no async runtime: it drives sqlx connections, so it runs on the
+//! runtime the application chose for sqlx (Tokio, async-std or smol). Applications that do
+//! not name sqlx themselves can pick one through pglock's features:
+//!
+//! | feature | forwards to |
+//! |---|---|
+//! | `runtime-tokio` | `sqlx/runtime-tokio` |
+//! | `runtime-async-std` | `sqlx/runtime-async-std` |
+//! | `runtime-smol` | `sqlx/runtime-smol` |
+//! | `tls-native-tls`, `tls-rustls`, `tls-rustls-ring-webpki`, `tls-rustls-ring-native-roots`, `tls-rustls-aws-lc-rs` | the sqlx feature of the same name |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod advisory;
+mod error;
+mod key;
+mod lock;
+mod sql;
+
+pub use advisory::{AdvisoryLock, LockConnection};
+pub use error::{Error, LockMode, Result};
+pub use key::{LockKey, ParseLockKeyError, hash};
+pub use lock::DistributedLock;

@@ -1,0 +1,65 @@
+//! The contract every lock implements, so application code can depend on a trait object.
+
+use async_trait::async_trait;
+
+use crate::{LockKey, Result};
+
+/// A distributed lock on one key, with PostgreSQL advisory-lock semantics.
+///
+/// Levels stack per lock object (a session): `n` successful acquisitions of a mode need
+/// `n` releases of that mode. Shared and exclusive levels are counted apart, and one lock
+/// may hold both on its key. The trait is object-safe, so code can take a
+/// `Box<dyn DistributedLock>` and tests can hand it another implementation.
+///
+/// ```no_run
+/// use pglock::{AdvisoryLock, DistributedLock};
+///
+/// async fn run_job(lock: &mut dyn DistributedLock) -> pglock::Result<()> {
+///     if lock.try_lock().await? {
+///         // ... the work only one process may do ...
+///         lock.unlock().await?;
+///     }
+///     Ok(())
+/// }
+///
+/// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
+/// let mut lock: Box<dyn DistributedLock> = Box::new(AdvisoryLock::new(&pool, 42).await?);
+/// run_job(lock.as_mut()).await?;
+/// lock.close().await
+/// # }
+/// ```
+#[async_trait]
+pub trait DistributedLock: Send {
+    /// The key this lock is for.
+    fn key(&self) -> LockKey;
+
+    /// Waits until the exclusive level is granted, then holds one more level of it.
+    async fn lock(&mut self) -> Result<()>;
+
+    /// Waits until the shared level is granted, then holds one more level of it.
+    async fn lock_shared(&mut self) -> Result<()>;
+
+    /// Takes one exclusive level if that is possible at once; `Ok(false)` if another
+    /// session holds the key.
+    async fn try_lock(&mut self) -> Result<bool>;
+
+    /// Takes one shared level if that is possible at once; `Ok(false)` if another
+    /// session holds the key exclusively.
+    async fn try_lock_shared(&mut self) -> Result<bool>;
+
+    /// Releases one exclusive level; [`Error::NotHeld`](crate::Error::NotHeld) if none is
+    /// held, and then nothing changes.
+    async fn unlock(&mut self) -> Result<()>;
+
+    /// Releases one shared level; [`Error::NotHeld`](crate::Error::NotHeld) if none is
+    /// held, and then nothing changes.
+    async fn unlock_shared(&mut self) -> Result<()>;
+
+    /// Releases every level held and ends the lock's use of its session. Afterwards every
+    /// operation returns [`Error::Closed`](crate::Error::Closed); closing again is `Ok(())`.
+    async fn close(&mut self) -> Result<()>;
+
+    /// Whether this lock's session holds the key in any mode, as the lock service
+    /// (for PostgreSQL: `pg_locks`) says.
+    async fn is_held(&mut self) -> Result<bool>;
+}
