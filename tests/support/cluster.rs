@@ -1,0 +1,215 @@
+//! The database the tests run against: `DATABASE_URL` when set, otherwise a private
+//! throwaway PostgreSQL cluster started once per test binary and removed when it exits.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The URL of the shared test database, starting a private cluster on first use.
+pub fn database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => PrivateCluster::start(&[]).url(),
+    })
+    .clone()
+}
+
+/// A PostgreSQL server of our own: initdb into a temporary directory, started with
+/// `pg_ctl` on a free loopback port, stopped and deleted when the test process exits.
+pub struct PrivateCluster {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl PrivateCluster {
+    /// Starts a cluster; `settings` are extra `name=value` server settings.
+    pub fn start(settings: &[&str]) -> PrivateCluster {
+        let bin = server_bin_dir().unwrap_or_else(|| {
+            panic!(
+                "no database for the tests: DATABASE_URL is not set and no PostgreSQL server \
+                 binaries (initdb, pg_ctl) were found via pg_config, PATH or \
+                 /usr/lib/postgresql/*/bin. Set DATABASE_URL=postgres://user@host/db, or \
+                 install the server (apt-get install postgresql)."
+            )
+        });
+        let as_postgres = is_root();
+        let dir = temp_dir();
+        if as_postgres {
+            // initdb refuses to run as root: the server runs as the `postgres` user.
+            run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
+        }
+        let port = free_port();
+        let cluster = PrivateCluster {
+            dir,
+            port,
+            bin,
+            as_postgres,
+        };
+        let data = cluster.dir.join("data");
+        run(cluster
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]));
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             max_connections = 300\nshared_preload_libraries = 'pg_stat_statements'\n",
+            cluster.dir.display()
+        );
+        for setting in settings {
+            conf.push_str(setting);
+            conf.push('\n');
+        }
+        let auto_conf = data.join("postgresql.auto.conf");
+        std::fs::write(&auto_conf, conf).expect("write postgresql.auto.conf");
+        if as_postgres {
+            run(Command::new("chown").arg("postgres:postgres").arg(&auto_conf));
+        }
+        cluster.remove_at_exit();
+        run(cluster
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(cluster.dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]));
+        cluster
+    }
+
+    /// A URL for the `postgres` database of this cluster.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `pg_ctl <action>` (e.g. `restart -m fast`) against this cluster.
+    #[allow(dead_code)]
+    pub fn pg_ctl(&self, args: &[&str]) {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60"])
+            .args(args));
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// A watchdog process: when this test process exits, however it exits, it stops the
+    /// server and deletes the directory.
+    fn remove_at_exit(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; \
+             pid=$(head -n 1 '{dir}/data/postmaster.pid' 2>/dev/null); \
+             [ -n \"$pid\" ] && kill -QUIT \"$pid\" 2>/dev/null; \
+             for _ in $(seq 50); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; \
+             rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the cluster watchdog (setsid sh)");
+    }
+}
+
+fn server_bin_dir() -> Option<PathBuf> {
+    let has_server = |dir: &Path| dir.join("initdb").exists() && dir.join("pg_ctl").exists();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let from_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>());
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .collect();
+    // Newest version first.
+    debian.sort_by_key(|dir| {
+        std::cmp::Reverse(
+            dir.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    from_pg_config
+        .into_iter()
+        .chain(from_path)
+        .chain(debian)
+        .find(|dir| has_server(dir))
+        // PATH entries may be symlinks into the real bin directory; pg_ctl wants the real one.
+        .map(|dir| {
+            dir.join("initdb")
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or(dir)
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pglock-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("create the cluster directory");
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("find a free loopback port")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|err| panic!("could not run {cmd:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,136 @@
+//! Shared test harness: the database, the runtime, and ways to look at the server from
+//! outside a lock (pg_locks), so tests prove behaviour without trusting our counters.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod rt;
+
+use std::time::{Duration, Instant};
+
+use pglock::LockKey;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+pub use cluster::database_url;
+
+/// A new pool on the test database, for one test.
+pub async fn pool() -> PgPool {
+    pool_with(16).await
+}
+
+/// A new pool of at most `max` connections on the test database.
+pub async fn pool_with(max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(20))
+        .connect(&database_url())
+        .await
+        .unwrap_or_else(|err| panic!("{}", no_database(&err)))
+}
+
+/// A new connection outside any pool, to look at the server from another session.
+pub async fn connect() -> PgConnection {
+    let options: PgConnectOptions = database_url().parse().expect("DATABASE_URL parses");
+    options
+        .disable_statement_logging()
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("{}", no_database(&err)))
+}
+
+fn no_database(err: &sqlx::Error) -> String {
+    format!(
+        "cannot reach the test database ({err}); set DATABASE_URL to a PostgreSQL server, \
+         or unset it to let the tests start a private cluster"
+    )
+}
+
+/// A key no other test uses: the hash of the test's own name and this process.
+pub fn key(test: &str) -> LockKey {
+    LockKey::from_name(&format!("pglock-tests/{test}/{}", std::process::id()))
+}
+
+/// An int-pair key no other test uses.
+pub fn pair_key(test: &str) -> LockKey {
+    match key(test) {
+        LockKey::BigInt(k) => LockKey::IntPair((k >> 32) as i32, k as i32),
+        pair => pair,
+    }
+}
+
+/// The backend pids of sessions that hold `key` (granted), in any mode.
+pub async fn holders(key: LockKey) -> Vec<i32> {
+    locks_on(key, true).await
+}
+
+/// The backend pids of sessions waiting for `key`.
+pub async fn waiters(key: LockKey) -> Vec<i32> {
+    locks_on(key, false).await
+}
+
+async fn locks_on(key: LockKey, granted: bool) -> Vec<i32> {
+    let (classid, objid, objsubid) = key.pg_locks_ids();
+    let mut conn = connect().await;
+    let pids = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $4 \
+         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid",
+    )
+    .bind(sqlx::postgres::types::Oid(classid))
+    .bind(sqlx::postgres::types::Oid(objid))
+    .bind(objsubid)
+    .bind(granted)
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    pids
+}
+
+/// How many advisory locks (any key) the session with backend `pid` holds or waits for.
+pub async fn advisory_locks_of(pid: i32) -> i64 {
+    let mut conn = connect().await;
+    let n = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query pg_locks");
+    let _ = conn.close().await;
+    n
+}
+
+/// The backend pid of a pool's connections: every idle connection of `pool`, by pid.
+pub async fn idle_pids(pool: &PgPool) -> Vec<i32> {
+    let mut conns = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..pool.num_idle() {
+        let mut conn = pool.acquire().await.expect("acquire");
+        pids.push(backend_pid(&mut conn).await);
+        conns.push(conn);
+    }
+    pids
+}
+
+/// The backend pid of a connection.
+pub async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("pg_backend_pid")
+}
+
+/// Polls `condition` every 20 ms until it holds, failing the test after `limit`.
+/// Returns how long it took.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not true within {limit:?}");
+        rt::sleep(Duration::from_millis(20)).await;
+    }
+}
