@@ -3,7 +3,7 @@
 //! # Advisory locks belong to sessions
 //!
 //! PostgreSQL ties a session-level advisory lock to the *connection* that took it, not to
-//! a transaction or a task. Two facts follow, and they shape this module:
+//! a transaction or a task. Three facts follow, and they shape this module:
 //!
 //! - A pooled connection that goes back to the pool keeps its locks. The next borrower
 //!   of that connection then "holds" them, and nobody else can get them until the
@@ -11,38 +11,54 @@
 //!   session that holds levels (or is in the middle of a statement) to the pool.
 //! - Levels stack: `n` successful `pg_advisory_lock` calls need `n` `pg_advisory_unlock`
 //!   calls. Shared and exclusive levels are counted apart.
+//! - sqlx cannot cancel a statement. A dropped `SELECT pg_advisory_lock(...)` keeps
+//!   waiting on the server, may be granted later, and the connection's next use waits for
+//!   it. So a cancelled acquisition must end the session, not just the future.
 //!
 //! # The state machine
 //!
-//! A lock knows its key, how many exclusive and shared levels it holds, and the state
-//! of its session:
+//! A lock knows its key, how many exclusive and shared levels it holds, and the state of
+//! its session:
 //!
-//! | state      | meaning                                   | next operation            |
-//! |------------|-------------------------------------------|---------------------------|
-//! | `Ready`    | the session is idle and usable            | runs                      |
-//! | `InFlight` | a statement was sent, no answer read yet  | (only seen after a cancel)|
-//! | `Closed`   | `close` ran; the session is let go        | `Err(Closed)`             |
+//! | state          | session      | meaning                                        | next operation              |
+//! |----------------|--------------|------------------------------------------------|-----------------------------|
+//! | `Ready`        | open         | idle and usable                                | runs                        |
+//! | `InFlight`     | open         | a statement was sent, its answer not yet read  | see below                   |
+//! | `Disconnected` | none         | the session ended (failure or cancellation)    | `LockLost` once if levels were lost; then a new session from the pool (locks from [`AdvisoryLock::new`]) or [`Error::Disconnected`] |
+//! | `Interrupted`  | the caller's | a cancelled call left a *borrowed* session mid-statement | [`Error::Interrupted`] |
+//! | `Closed`       | none         | `close` ran                                    | [`Error::Closed`]           |
 //!
-//! Every operation checks the state, sends at most one statement, and then updates the
-//! counts from the server's answer: the server is the truth, the counts our record of it.
-//! A session that turns out to be gone while levels were held resets the counts and
+//! Every operation checks the state, sends one statement in the common path, and then
+//! updates the counts from the server's answer: the server is the truth, the counts our
+//! record of it. A session found gone while levels were held resets the counts and
 //! reports [`Error::LockLost`].
 //!
-//! Dropping the lock while it holds levels, or while a statement is in flight, calls
-//! [`LockConnection::discard_on_drop`]: an owned pool connection is then closed instead of
-//! returned, and the server frees the levels at once. A borrowed connection stays with its
-//! owner, and so do the levels on it (the owner's session, the owner's locks).
+//! A statement's future dropped before its answer (a `timeout`, a `select!`) is a
+//! transition too, taken at once by a guard inside the future:
+//!
+//! - a read (`is_held`, the lost-lock check) stays `InFlight`; its answer is small and
+//!   sqlx reads it before the next statement;
+//! - anything that may change levels (`lock`, `try_lock`, timed waits, `unlock`, `close`)
+//!   ends an owned session on the spot (an owned pool connection is closed, not returned),
+//!   so the server stops waiting and frees every level: `Disconnected`. A borrowed session
+//!   cannot be ended by us: `Interrupted`.
+//!
+//! Dropping the lock while it holds levels, or with a statement in flight, does the same
+//! for an owned connection ([`LockConnection::discard_on_drop`]). A borrowed connection
+//! stays with its owner, and so do the levels on it (the owner's session, the owner's
+//! locks).
 
 use std::fmt;
+use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
-use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Arguments};
 
 use crate::error::{self, LockMode, sqlstate};
 use crate::sql::{self, KeyedSql};
-use crate::{DistributedLock, Error, LockKey, Result};
+use crate::{DistributedLock, Error, LockKey, LockOptions, Result, timer};
 
 /// A connection an [`AdvisoryLock`] can work on, owned or borrowed.
 ///
@@ -50,9 +66,16 @@ use crate::{DistributedLock, Error, LockKey, Result};
 /// [`PoolConnection<Postgres>`], and `&mut` to anything that derefs to a
 /// [`PgConnection`] (`&mut PgConnection`, `&mut PoolConnection<Postgres>`,
 /// `&mut Transaction<'_, Postgres>`, ...). Implement it for your own connection wrapper
-/// in one line: `impl pglock::LockConnection for MyConn {}`.
+/// in one line (`impl pglock::LockConnection for MyConn {}`); the defaults treat the
+/// connection as borrowed.
 pub trait LockConnection: AsMut<PgConnection> + Send {
-    /// Called when a lock is dropped while its session holds levels or is mid-statement.
+    /// Whether the lock owns the session: it may then set session options on it and end
+    /// it when that is the only safe way out. Borrowed connections: `false`.
+    fn owns_session(&self) -> bool {
+        false
+    }
+
+    /// Called before the lock lets go of a session that holds levels or is mid-statement.
     ///
     /// An owned pool connection closes itself rather than going back to the pool (where
     /// its locks, or its pending wait, would pass to the next borrower). The default does
@@ -61,9 +84,17 @@ pub trait LockConnection: AsMut<PgConnection> + Send {
     fn discard_on_drop(&mut self) {}
 }
 
-impl LockConnection for PgConnection {}
+impl LockConnection for PgConnection {
+    fn owns_session(&self) -> bool {
+        true
+    }
+}
 
 impl LockConnection for PoolConnection<Postgres> {
+    fn owns_session(&self) -> bool {
+        true
+    }
+
     fn discard_on_drop(&mut self) {
         self.close_on_drop();
     }
@@ -75,8 +106,34 @@ impl<T: AsMut<PgConnection> + Send + ?Sized> LockConnection for &mut T {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Ready,
-    InFlight,
+    InFlight(Effect),
+    Disconnected { unreported_loss: bool },
+    Interrupted,
     Closed,
+}
+
+/// What an abandoned statement may have done to the levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing: safe to let sqlx read its answer later.
+    Read,
+    /// It may have taken or released a level: only ending the session is safe.
+    Write,
+}
+
+/// What the lock knows about its current session, learned once per session.
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionFacts {
+    /// Hygiene settings applied (owned sessions only).
+    configured: bool,
+    /// The session's `statement_timeout` in ms, once read.
+    statement_timeout_ms: Option<i64>,
+}
+
+/// How a lock from [`AdvisoryLock::new`] gets a fresh session after losing one.
+struct Reconnect<C> {
+    pool: PgPool,
+    wrap: fn(PoolConnection<Postgres>) -> C,
 }
 
 /// A PostgreSQL session-level advisory lock on one key, on one dedicated session.
@@ -102,11 +159,14 @@ enum State {
 /// ```
 pub struct AdvisoryLock<C: LockConnection = PoolConnection<Postgres>> {
     key: LockKey,
-    /// `None` once closed.
+    /// `None` when `Disconnected`, `Interrupted` or `Closed`.
     conn: Option<C>,
     state: State,
     exclusive: u32,
     shared: u32,
+    options: LockOptions,
+    facts: SessionFacts,
+    reconnect: Option<Reconnect<C>>,
 }
 
 impl AdvisoryLock {
@@ -115,8 +175,15 @@ impl AdvisoryLock {
     /// The connection is the lock's until [`close`](Self::close) or drop; size the pool
     /// for the locks you keep open at once. If the lock is dropped holding levels, the
     /// connection is closed instead of returned to the pool, so the levels go with it.
+    /// If the session is lost, the lock reports it once and then takes a new connection
+    /// from the same pool.
     pub async fn new(pool: &PgPool, key: impl Into<LockKey>) -> Result<Self> {
-        Self::from_acquire(pool, key).await
+        let mut lock = Self::from_acquire(pool, key).await?;
+        lock.reconnect = Some(Reconnect {
+            pool: pool.clone(),
+            wrap: |conn| conn,
+        });
+        Ok(lock)
     }
 }
 
@@ -138,12 +205,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
             state: State::Ready,
             exclusive: 0,
             shared: 0,
+            options: LockOptions::default(),
+            facts: SessionFacts::default(),
+            reconnect: None,
         }
     }
 
     /// A lock on `key` over a connection from anything that implements [`sqlx::Acquire`]
-    /// for Postgres: `&PgPool` (a dedicated pool connection, as [`new`](AdvisoryLock::new)),
-    /// `&mut PgConnection`, `&mut PoolConnection<Postgres>` or `&mut Transaction`.
+    /// for Postgres: `&PgPool` (a dedicated pool connection), `&mut PgConnection`,
+    /// `&mut PoolConnection<Postgres>` or `&mut Transaction`.
     ///
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
@@ -161,6 +231,18 @@ impl<C: LockConnection> AdvisoryLock<C> {
         let key = key.into();
         let conn = source.acquire().await?;
         Ok(Self::with_connection(conn, key))
+    }
+
+    /// Replaces the lock's [`LockOptions`]. Session settings take effect from the next
+    /// session the lock configures (before its first statement).
+    pub fn with_options(mut self, options: LockOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The lock's options.
+    pub fn options(&self) -> &LockOptions {
+        &self.options
     }
 
     /// The key this lock is for.
@@ -185,6 +267,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// Waits until the exclusive level is granted (`pg_advisory_lock`), then holds one
     /// more level.
+    ///
+    /// The wait has no bound; use [`try_lock_for`](Self::try_lock_for) for one. Dropping
+    /// the future ends an owned session at once (see the module docs), so a cancelled
+    /// wait never leaves a grant behind.
     pub async fn lock(&mut self) -> Result<()> {
         self.acquire(sql::LOCK, LockMode::Exclusive).await
     }
@@ -203,7 +289,29 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// Takes one shared level if no other session holds the key exclusively; `Ok(false)`
     /// otherwise.
     pub async fn try_lock_shared(&mut self) -> Result<bool> {
-        self.try_acquire(sql::TRY_LOCK_SHARED, LockMode::Shared).await
+        self.try_acquire(sql::TRY_LOCK_SHARED, LockMode::Shared)
+            .await
+    }
+
+    /// Waits at most `timeout` for one exclusive level: `Ok(true)` once granted,
+    /// `Ok(false)` when the time is up.
+    ///
+    /// The bound is kept by the server (`lock_timeout`, set for this one statement in the
+    /// same round trip), so a slow or cancelled client cannot stretch it. The session's
+    /// own `lock_timeout` and `statement_timeout` read the same afterwards; a session
+    /// `statement_timeout` shorter than the wait is lifted for it (one more statement on
+    /// each side, only then). If the lock is granted just as the timeout fires, the lock
+    /// asks the server and reports what is true. A zero timeout is [`try_lock`](Self::try_lock).
+    ///
+    /// On a borrowed connection inside a transaction block, a timeout aborts that
+    /// transaction (PostgreSQL fails the statement); use the transaction-scoped locks there.
+    pub async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
+        self.try_acquire_for(timeout, LockMode::Exclusive).await
+    }
+
+    /// [`try_lock_for`](Self::try_lock_for) for one shared level.
+    pub async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
+        self.try_acquire_for(timeout, LockMode::Shared).await
     }
 
     /// Releases one exclusive level. With none held: [`Error::NotHeld`], and nothing changes.
@@ -221,16 +329,65 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// If the lock believed it held levels and the server says otherwise (or the session
     /// is gone), the levels were lost: [`Error::LockLost`].
     pub async fn is_held(&mut self) -> Result<bool> {
-        let (classid, objid, objsubid) = self.key.pg_locks_ids();
-        let mut args = PgArguments::default();
-        add(&mut args, Oid(classid))?;
-        add(&mut args, Oid(objid))?;
-        add(&mut args, objsubid)?;
-        let held = self.fetch_bool(sql::IS_HELD, args).await?;
+        self.open_session().await?;
+        let held = self.held_in_pg_locks(None).await?;
         if !held && self.holds_levels() {
-            return Err(self.lost());
+            return Err(self.forget_levels());
         }
         Ok(held)
+    }
+
+    /// Resolves when the levels this lock holds are lost, with the reason (usually
+    /// [`Error::LockLost`]); race it against the work the lock protects:
+    ///
+    /// ```no_run
+    /// # async fn example(mut lock: pglock::AdvisoryLock, work: impl std::future::Future<Output = ()>) -> pglock::Result<()> {
+    /// use futures_lite::future;
+    ///
+    /// lock.lock().await?;
+    /// let finished = future::or(async { work.await; None }, async { Some(lock.lost().await) }).await;
+    /// if let Some(lost) = finished {
+    ///     return Err(lost); // stop: another process may hold the key now
+    /// }
+    /// lock.unlock().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Every [`lost_check_interval`](LockOptions::lost_check_interval) (1 s by default) it
+    /// asks the server, in one short query, whether the session still holds the key; a
+    /// check that takes longer than [`check_timeout`](LockOptions::check_timeout) (5 s)
+    /// counts as a lost session, which is then ended. So a loss is noticed within one
+    /// interval plus a round trip, or interval + check timeout on a silent network. No
+    /// query stays open between checks. Runtime-agnostic: it keeps time with a std thread.
+    ///
+    /// With no level held it resolves at once with [`Error::NotHeld`]; on a closed lock
+    /// with [`Error::Closed`]. Dropping it (when the work wins) is safe at any point.
+    pub async fn lost(&mut self) -> Error {
+        loop {
+            if self.state == State::Closed {
+                return Error::Closed;
+            }
+            if !self.holds_levels() {
+                return Error::NotHeld {
+                    key: self.key,
+                    mode: LockMode::Exclusive,
+                };
+            }
+            timer::sleep(self.options.get_lost_check_interval()).await;
+            match timer::timeout(self.options.get_check_timeout(), self.is_held()).await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return err,
+                None => {
+                    // No answer in time: the network or server is gone for all we know.
+                    self.end_session();
+                    self.state = State::Disconnected {
+                        unreported_loss: false,
+                    };
+                    return Error::LockLost { key: self.key };
+                }
+            }
+        }
     }
 
     /// Releases every level this lock holds, in one round trip, and lets go of the
@@ -240,55 +397,153 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// If the session was already gone while levels were held, the lock is closed and the
     /// loss is reported as [`Error::LockLost`].
     pub async fn close(&mut self) -> Result<()> {
-        if self.state == State::Closed {
-            return Ok(());
+        match self.state {
+            State::Closed => return Ok(()),
+            State::Interrupted => {
+                self.state = State::Closed;
+                return Ok(());
+            }
+            State::Disconnected { unreported_loss } => {
+                self.state = State::Closed;
+                return match unreported_loss {
+                    true => Err(Error::LockLost { key: self.key }),
+                    false => Ok(()),
+                };
+            }
+            // A read's answer is small; sqlx reads it before our next statement.
+            State::Ready | State::InFlight(_) => self.state = State::Ready,
         }
-        let result = self.release_all().await;
-        self.state = State::Closed;
-        if let (Err(_), Some(conn)) = (&result, self.conn.as_mut()) {
+        let result = self.release_everything().await;
+        if result.is_err() {
             // Unknown what the session still holds: never hand it back to a pool.
-            conn.discard_on_drop();
+            self.end_session();
         }
         self.conn = None;
+        self.state = State::Closed;
         result
     }
 
-    async fn release_all(&mut self) -> Result<()> {
-        self.ready()?;
-        if !self.holds_levels() {
-            return Ok(());
+    async fn release_everything(&mut self) -> Result<()> {
+        if self.holds_levels() {
+            let (exclusive, shared) = (i64::from(self.exclusive), i64::from(self.shared));
+            let mut args = key_args(self.key)?;
+            add(&mut args, exclusive)?;
+            add(&mut args, shared)?;
+            let sql = sql::UNLOCK_LEVELS.for_key(self.key);
+            let released: (i64, i64) = self.fetch(Effect::Write, sql, args).await?;
+            self.exclusive = 0;
+            self.shared = 0;
+            if released != (exclusive, shared) {
+                return Err(Error::LockLost { key: self.key });
+            }
         }
-        let (exclusive, shared) = (self.exclusive, self.shared);
-        let mut args = key_args(self.key)?;
-        add(&mut args, i64::from(exclusive))?;
-        add(&mut args, i64::from(shared))?;
-        let released = self.fetch_counts(sql::UNLOCK_LEVELS.for_key(self.key), args).await?;
-        self.exclusive = 0;
-        self.shared = 0;
-        if released != (i64::from(exclusive), i64::from(shared)) {
-            return Err(Error::LockLost { key: self.key });
+        if self.facts.configured {
+            let _: i64 = self
+                .fetch(Effect::Write, sql::RESET_SESSION, PgArguments::default())
+                .await?;
         }
         Ok(())
     }
 
     async fn acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
+        self.open_session().await?;
         let args = key_args(self.key)?;
-        self.execute(sql.for_key(self.key), args).await?;
+        self.execute(Effect::Write, sql.for_key(self.key), args)
+            .await?;
         *self.levels_mut(mode) += 1;
         Ok(())
     }
 
     async fn try_acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<bool> {
+        self.open_session().await?;
         let args = key_args(self.key)?;
-        let acquired = self.fetch_bool(sql.for_key(self.key), args).await?;
+        let acquired: bool = self
+            .fetch(Effect::Write, sql.for_key(self.key), args)
+            .await?;
         if acquired {
             *self.levels_mut(mode) += 1;
         }
         Ok(acquired)
     }
 
+    async fn try_acquire_for(&mut self, timeout: Duration, mode: LockMode) -> Result<bool> {
+        let (plain_try, timed) = match mode {
+            LockMode::Exclusive => (sql::TRY_LOCK, sql::TRY_LOCK_FOR),
+            LockMode::Shared => (sql::TRY_LOCK_SHARED, sql::TRY_LOCK_SHARED_FOR),
+        };
+        if timeout.is_zero() {
+            return self.try_acquire(plain_try, mode).await;
+        }
+        // lock_timeout takes whole milliseconds up to i32::MAX; round up, never to 0
+        // (which would mean "wait forever").
+        let millis = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+        let millis = millis.clamp(1, i64::from(i32::MAX));
+        self.open_session().await?;
+        let lifted = self.lift_statement_timeout(millis).await?;
+        let mut args = key_args(self.key)?;
+        add(&mut args, format!("{millis}ms"))?;
+        let outcome = self
+            .execute(Effect::Write, timed.for_key(self.key), args)
+            .await;
+        if let Some(previous) = lifted
+            && self.state == State::Ready
+        {
+            self.set_statement_timeout(previous).await?;
+        }
+        let acquired = match outcome {
+            Ok(()) => true,
+            Err(Error::Database(err))
+                if error::sqlstate(&err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
+            {
+                // The grant may have raced the timeout (then the session holds the level
+                // although the statement failed). The mode had no level before, or it
+                // would not have waited, so "held in this mode" now means "granted".
+                self.held_in_pg_locks(Some(mode)).await?
+            }
+            Err(err) => return Err(err),
+        };
+        if acquired {
+            *self.levels_mut(mode) += 1;
+        }
+        Ok(acquired)
+    }
+
+    /// Lifts a session `statement_timeout` that would cut a wait of `millis` short.
+    /// Returns the value to put back, if it lifted one.
+    async fn lift_statement_timeout(&mut self, millis: i64) -> Result<Option<i64>> {
+        let current = match self.facts.statement_timeout_ms {
+            Some(ms) => ms,
+            None => {
+                let ms: i64 = self
+                    .fetch(
+                        Effect::Read,
+                        sql::STATEMENT_TIMEOUT_MS,
+                        PgArguments::default(),
+                    )
+                    .await?;
+                self.facts.statement_timeout_ms = Some(ms);
+                ms
+            }
+        };
+        // Leave a second for the round trip and the race check after a timeout.
+        if current == 0 || current > millis.saturating_add(1000) {
+            return Ok(None);
+        }
+        self.set_statement_timeout(0).await?;
+        Ok(Some(current))
+    }
+
+    async fn set_statement_timeout(&mut self, millis: i64) -> Result<()> {
+        let mut args = PgArguments::default();
+        add(&mut args, millis.to_string())?;
+        let _: String = self
+            .fetch(Effect::Read, sql::SET_STATEMENT_TIMEOUT, args)
+            .await?;
+        Ok(())
+    }
+
     async fn release(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
-        self.ready()?;
+        self.open_session().await?;
         if *self.levels_mut(mode) == 0 {
             return Err(Error::NotHeld {
                 key: self.key,
@@ -296,13 +551,32 @@ impl<C: LockConnection> AdvisoryLock<C> {
             });
         }
         let args = key_args(self.key)?;
-        let released = self.fetch_bool(sql.for_key(self.key), args).await?;
+        let released: bool = self
+            .fetch(Effect::Write, sql.for_key(self.key), args)
+            .await?;
         if !released {
             // We counted a level the server no longer has: the session lost it.
-            return Err(self.lost());
+            return Err(self.forget_levels());
         }
         *self.levels_mut(mode) -= 1;
         Ok(())
+    }
+
+    /// Whether `pg_locks` shows this session holding the key (in `mode`, or in any mode).
+    async fn held_in_pg_locks(&mut self, mode: Option<LockMode>) -> Result<bool> {
+        let (classid, objid, objsubid) = self.key.pg_locks_ids();
+        let mut args = PgArguments::default();
+        add(&mut args, Oid(classid))?;
+        add(&mut args, Oid(objid))?;
+        add(&mut args, objsubid)?;
+        let sql = match mode {
+            None => sql::IS_HELD,
+            Some(mode) => {
+                add(&mut args, pg_locks_mode(mode))?;
+                sql::IS_HELD_IN_MODE
+            }
+        };
+        self.fetch(Effect::Read, sql, args).await
     }
 
     fn levels_mut(&mut self, mode: LockMode) -> &mut u32 {
@@ -317,61 +591,190 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// Forgets the levels the server no longer has, and says so.
-    fn lost(&mut self) -> Error {
+    fn forget_levels(&mut self) -> Error {
         self.exclusive = 0;
         self.shared = 0;
         Error::LockLost { key: self.key }
     }
 
-    /// The session, if an operation may use it now.
-    fn ready(&mut self) -> Result<()> {
+    /// Makes sure there is a usable, configured session, or says why not.
+    async fn open_session(&mut self) -> Result<()> {
         match self.state {
-            State::Closed => Err(Error::Closed),
-            State::Ready | State::InFlight => Ok(()),
+            State::Ready => {}
+            // A read's answer is small; sqlx reads it before our next statement.
+            State::InFlight(Effect::Read) => self.state = State::Ready,
+            // Not reachable through the guard, which takes this transition on drop.
+            State::InFlight(Effect::Write) => {
+                self.abandon(Effect::Write);
+                return Err(self.unusable_session_error());
+            }
+            State::Closed | State::Interrupted => return Err(self.unusable_session_error()),
+            State::Disconnected {
+                unreported_loss: true,
+            } => {
+                self.state = State::Disconnected {
+                    unreported_loss: false,
+                };
+                return Err(Error::LockLost { key: self.key });
+            }
+            State::Disconnected {
+                unreported_loss: false,
+            } => {
+                let Some(reconnect) = &self.reconnect else {
+                    return Err(Error::Disconnected { key: self.key });
+                };
+                let conn = reconnect.pool.acquire().await?;
+                self.conn = Some((reconnect.wrap)(conn));
+                self.facts = SessionFacts::default();
+                self.state = State::Ready;
+            }
+        }
+        let owned = self.conn.as_ref().is_some_and(|c| c.owns_session());
+        if owned && !self.facts.configured {
+            let check = self.options.get_client_connection_check_interval();
+            let mut args = PgArguments::default();
+            add(&mut args, self.options.get_application_name().to_owned())?;
+            add(&mut args, format!("{}ms", check.as_millis()))?;
+            let _: i64 = self
+                .fetch(Effect::Read, sql::CONFIGURE_SESSION, args)
+                .await?;
+            self.facts.configured = true;
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &mut self,
+        effect: Effect,
+        sql: &'static str,
+        args: PgArguments,
+    ) -> Result<()> {
+        let mut statement = InFlight::begin(self, effect)?;
+        let result = sqlx::query_with(sql, args).execute(statement.conn()?).await;
+        statement.finish(result.map(drop))
+    }
+
+    async fn fetch<T>(&mut self, effect: Effect, sql: &'static str, args: PgArguments) -> Result<T>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let mut statement = InFlight::begin(self, effect)?;
+        let result = sqlx::query_scalar_with(sql, args)
+            .fetch_one(statement.conn()?)
+            .await;
+        statement.finish(result)
+    }
+
+    /// A statement's future was dropped before its answer; see the module docs.
+    fn abandon(&mut self, effect: Effect) {
+        match effect {
+            Effect::Read => self.state = State::InFlight(Effect::Read),
+            Effect::Write => {
+                let unreported_loss = self.holds_levels();
+                self.state = match self.end_session() {
+                    true => State::Disconnected { unreported_loss },
+                    false => State::Interrupted,
+                };
+            }
         }
     }
 
-    async fn execute(&mut self, sql: &'static str, args: PgArguments) -> Result<()> {
-        let conn = self.begin_statement()?;
-        let result = sqlx::query_with(sql, args).execute(conn).await;
-        self.end_statement(result.map(drop))
+    /// Lets go of the session, so that the server frees whatever it holds or waits for:
+    /// an owned session is closed (a pool connection is not returned). Forgets the
+    /// levels. Returns whether the session was owned (and so is really ending).
+    fn end_session(&mut self) -> bool {
+        self.exclusive = 0;
+        self.shared = 0;
+        match self.conn.take() {
+            Some(mut conn) => {
+                let owned = conn.owns_session();
+                conn.discard_on_drop();
+                owned
+            }
+            None => true,
+        }
     }
 
-    async fn fetch_bool(&mut self, sql: &'static str, args: PgArguments) -> Result<bool> {
-        let conn = self.begin_statement()?;
-        let result = sqlx::query_scalar_with(sql, args).fetch_one(conn).await;
-        self.end_statement(result)
-    }
-
-    async fn fetch_counts(&mut self, sql: &'static str, args: PgArguments) -> Result<(i64, i64)> {
-        let conn = self.begin_statement()?;
-        let result = sqlx::query_as_with(sql, args).fetch_one(conn).await;
-        self.end_statement(result)
-    }
-
-    /// Marks a statement in flight and hands out the session to send it on.
-    fn begin_statement(&mut self) -> Result<&mut PgConnection> {
-        self.ready()?;
-        let conn = self.conn.as_mut().ok_or(Error::Closed)?;
-        self.state = State::InFlight;
-        Ok(conn.as_mut())
-    }
-
-    /// Records that the statement's answer was read, and turns errors into ours.
-    fn end_statement<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T> {
-        self.state = State::Ready;
-        result.map_err(|err| self.classify(err))
+    /// Why a lock in its current state cannot run a statement.
+    fn unusable_session_error(&mut self) -> Error {
+        match self.state {
+            State::Closed => Error::Closed,
+            State::Interrupted => Error::Interrupted { key: self.key },
+            State::Disconnected {
+                unreported_loss: true,
+            } => {
+                self.state = State::Disconnected {
+                    unreported_loss: false,
+                };
+                Error::LockLost { key: self.key }
+            }
+            _ => Error::Disconnected { key: self.key },
+        }
     }
 
     fn classify(&mut self, err: sqlx::Error) -> Error {
-        if error::session_is_gone(&err) && self.holds_levels() {
-            return self.lost();
+        if error::session_is_gone(&err) {
+            let lost = self.holds_levels();
+            self.end_session();
+            self.state = State::Disconnected {
+                unreported_loss: false,
+            };
+            return match lost {
+                true => Error::LockLost { key: self.key },
+                false => Error::Database(err),
+            };
         }
         match error::sqlstate(&err).as_deref() {
             Some(sqlstate::DEADLOCK_DETECTED) => Error::Deadlock { key: self.key },
             Some(sqlstate::OUT_OF_SHARED_MEMORY) => Error::TooManyLocks { key: self.key },
             _ => Error::Database(err),
         }
+    }
+}
+
+/// One statement on the lock's session, from send to answer. If its future is dropped
+/// first, `Drop` takes the lock through the cancellation transition at once.
+struct InFlight<'a, C: LockConnection> {
+    lock: &'a mut AdvisoryLock<C>,
+}
+
+impl<'a, C: LockConnection> InFlight<'a, C> {
+    fn begin(lock: &'a mut AdvisoryLock<C>, effect: Effect) -> Result<Self> {
+        if lock.state != State::Ready || lock.conn.is_none() {
+            return Err(Error::Closed);
+        }
+        lock.state = State::InFlight(effect);
+        Ok(InFlight { lock })
+    }
+
+    fn conn(&mut self) -> Result<&mut PgConnection> {
+        self.lock
+            .conn
+            .as_mut()
+            .map(AsMut::as_mut)
+            .ok_or(Error::Closed)
+    }
+
+    /// The answer arrived: the session is idle again; errors become ours.
+    fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<T> {
+        self.lock.state = State::Ready;
+        result.map_err(|err| self.lock.classify(err))
+    }
+}
+
+impl<C: LockConnection> Drop for InFlight<'_, C> {
+    fn drop(&mut self) {
+        if let State::InFlight(effect) = self.lock.state {
+            self.lock.abandon(effect);
+        }
+    }
+}
+
+fn pg_locks_mode(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Exclusive => "ExclusiveLock",
+        LockMode::Shared => "ShareLock",
     }
 }
 
@@ -398,10 +801,11 @@ where
 
 impl<C: LockConnection> Drop for AdvisoryLock<C> {
     fn drop(&mut self) {
-        if self.holds_levels() || self.state == State::InFlight {
-            if let Some(conn) = self.conn.as_mut() {
-                conn.discard_on_drop();
-            }
+        let in_flight = matches!(self.state, State::InFlight(_));
+        if (self.holds_levels() || in_flight)
+            && let Some(conn) = self.conn.as_mut()
+        {
+            conn.discard_on_drop();
         }
     }
 }
@@ -437,6 +841,14 @@ impl<C: LockConnection> DistributedLock for AdvisoryLock<C> {
 
     async fn try_lock_shared(&mut self) -> Result<bool> {
         AdvisoryLock::try_lock_shared(self).await
+    }
+
+    async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
+        AdvisoryLock::try_lock_for(self, timeout).await
+    }
+
+    async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
+        AdvisoryLock::try_lock_shared_for(self, timeout).await
     }
 
     async fn unlock(&mut self) -> Result<()> {

@@ -44,7 +44,9 @@ pub enum Error {
     },
 
     /// The lock was closed; it no longer has a session. Create a new lock to use the key again.
-    #[error("the lock was closed and has no session any more; create a new lock to use the key again")]
+    #[error(
+        "the lock was closed and has no session any more; create a new lock to use the key again"
+    )]
     Closed,
 
     /// The session that held levels of this lock is gone (terminated, network cut, server
@@ -55,6 +57,32 @@ pub enum Error {
          work the lock protected and acquire it again"
     )]
     LockLost {
+        /// The lock's key.
+        key: LockKey,
+    },
+
+    /// The lock's session is gone (the connection failed, or a cancelled operation had to
+    /// end it) and this lock cannot open another. Locks from `AdvisoryLock::new` reconnect
+    /// by themselves and do not return this.
+    #[error(
+        "the session of the lock on {key} is gone (its connection failed, or a cancelled \
+         operation had to end it) and this lock cannot open another; create a new lock"
+    )]
+    Disconnected {
+        /// The lock's key.
+        key: LockKey,
+    },
+
+    /// An earlier operation on this lock was cancelled while its statement ran on a
+    /// *borrowed* connection. That session may still be running it (and may get the key),
+    /// so the lock will not use it again.
+    #[error(
+        "an earlier operation on the lock on {key} was cancelled while its statement ran on \
+         a borrowed connection, which may still be waiting for or holding the key; close or \
+         drop that connection to free it, and create a new lock (or use try_lock_for for \
+         waits you may give up on)"
+    )]
+    Interrupted {
         /// The lock's key.
         key: LockKey,
     },

@@ -164,7 +164,15 @@ mod tests {
 
     #[test]
     fn from_str_rejects_what_display_never_writes() {
-        for bad in ["", "x", "1,", ",1", "1,2,3", "9223372036854775808", "2147483648,0"] {
+        for bad in [
+            "",
+            "x",
+            "1,",
+            ",1",
+            "1,2,3",
+            "9223372036854775808",
+            "2147483648,0",
+        ] {
             assert!(bad.parse::<LockKey>().is_err(), "{bad:?} parsed");
         }
     }
@@ -172,6 +180,9 @@ mod tests {
     #[test]
     fn pg_locks_ids_split_bigint_into_high_and_low_halves() {
         assert_eq!(LockKey::BigInt(0x1_0000_0002).pg_locks_ids(), (1, 2, 1));
-        assert_eq!(LockKey::BigInt(i64::MIN).pg_locks_ids(), (0x8000_0000, 0, 1));
+        assert_eq!(
+            LockKey::BigInt(i64::MIN).pg_locks_ids(),
+            (0x8000_0000, 0, 1)
+        );
     }
 }

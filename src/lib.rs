@@ -52,9 +52,12 @@ mod advisory;
 mod error;
 mod key;
 mod lock;
+mod options;
 mod sql;
+mod timer;
 
 pub use advisory::{AdvisoryLock, LockConnection};
 pub use error::{Error, LockMode, Result};
 pub use key::{LockKey, ParseLockKeyError, hash};
 pub use lock::DistributedLock;
+pub use options::LockOptions;

@@ -1,5 +1,7 @@
 //! The contract every lock implements, so application code can depend on a trait object.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::{LockKey, Result};
@@ -46,6 +48,14 @@ pub trait DistributedLock: Send {
     /// Takes one shared level if that is possible at once; `Ok(false)` if another
     /// session holds the key exclusively.
     async fn try_lock_shared(&mut self) -> Result<bool>;
+
+    /// Waits at most `timeout` for one exclusive level: `Ok(true)` once granted,
+    /// `Ok(false)` when the time is up. A zero timeout is [`try_lock`](Self::try_lock).
+    async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool>;
+
+    /// Waits at most `timeout` for one shared level: `Ok(true)` once granted, `Ok(false)`
+    /// when the time is up. A zero timeout is [`try_lock_shared`](Self::try_lock_shared).
+    async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool>;
 
     /// Releases one exclusive level; [`Error::NotHeld`](crate::Error::NotHeld) if none is
     /// held, and then nothing changes.

@@ -75,3 +75,57 @@ pub(crate) const UNLOCK_LEVELS: KeyedSql = KeyedSql {
 pub(crate) const IS_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
      AND classid = $1 AND objid = $2 AND objsubid = $3)";
+
+/// Waits at most `$n` (a `lock_timeout` value such as `'250ms'`) for the exclusive level,
+/// in one round trip: the subquery sets `lock_timeout` for this statement's own implicit
+/// transaction before the lock is requested (`OFFSET 0` keeps the planner from merging
+/// it away), and the outer select puts the previous value back, which matters when the
+/// caller's session is inside a transaction block. Fails with SQLSTATE 55P03 on timeout.
+pub(crate) const TRY_LOCK_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_lock($1), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
+    pair: "SELECT pg_advisory_lock($1, $2), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+};
+
+/// [`TRY_LOCK_FOR`] for the shared level.
+pub(crate) const TRY_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_lock_shared($1), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
+    pair: "SELECT pg_advisory_lock_shared($1, $2), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+};
+
+/// [`IS_HELD`] for one mode (`$4`: `'ExclusiveLock'` or `'ShareLock'`): after a lock
+/// timeout, whether the grant raced the timeout and the session holds the level anyway.
+pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
+     AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4)";
+
+/// The session's `statement_timeout` in milliseconds (0: none). Read once per session:
+/// a statement's own timeout is armed when it starts, so a timed wait longer than it
+/// must lift it with a statement of its own first.
+pub(crate) const STATEMENT_TIMEOUT_MS: &str =
+    "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'";
+
+/// Sets the session's `statement_timeout` (`$1`, in milliseconds as text).
+pub(crate) const SET_STATEMENT_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, false)";
+
+/// Session hygiene for a session the lock owns: names it (`$1`), keeps idle killers from
+/// silently ending a session that holds locks, and lets the server notice a vanished
+/// client even while it waits for a lock (`$2`). Settings the server does not have
+/// (before PostgreSQL 14) are skipped rather than failing.
+pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.value, false)) \
+     FROM (VALUES ('application_name', $1), ('idle_session_timeout', '0'), \
+                  ('idle_in_transaction_session_timeout', '0'), \
+                  ('client_connection_check_interval', $2)) AS v(name, value) \
+     WHERE v.name IN (SELECT name FROM pg_catalog.pg_settings)";
+
+/// Undoes [`CONFIGURE_SESSION`] before a pool connection goes back to its pool.
+pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)) \
+     FROM pg_catalog.pg_settings WHERE name IN ('application_name', 'idle_session_timeout', \
+     'idle_in_transaction_session_timeout', 'client_connection_check_interval')";

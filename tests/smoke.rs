@@ -11,7 +11,10 @@ fn smoke() {
         assert_eq!(support::holders(key).await.len(), 1);
         assert!(lock.is_held().await.unwrap());
         lock.unlock().await.unwrap();
-        assert!(matches!(lock.unlock().await, Err(pglock::Error::NotHeld { .. })));
+        assert!(matches!(
+            lock.unlock().await,
+            Err(pglock::Error::NotHeld { .. })
+        ));
         lock.close().await.unwrap();
         assert!(matches!(lock.lock().await, Err(pglock::Error::Closed)));
     });

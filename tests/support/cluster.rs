@@ -50,11 +50,14 @@ impl PrivateCluster {
             as_postgres,
         };
         let data = cluster.dir.join("data");
-        run(cluster
-            .command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]));
+        run(cluster.command("initdb").arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]));
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
@@ -68,7 +71,9 @@ impl PrivateCluster {
         let auto_conf = data.join("postgresql.auto.conf");
         std::fs::write(&auto_conf, conf).expect("write postgresql.auto.conf");
         if as_postgres {
-            run(Command::new("chown").arg("postgres:postgres").arg(&auto_conf));
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&auto_conf));
         }
         cluster.remove_at_exit();
         run(cluster
@@ -122,6 +127,8 @@ impl PrivateCluster {
             pid = std::process::id(),
             dir = self.dir.display()
         );
+        // Deliberately not waited for: it must outlive this process.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args(["sh", "-c", &script])
             .stdin(Stdio::null())

@@ -89,11 +89,13 @@ async fn locks_on(key: LockKey, granted: bool) -> Vec<i32> {
 /// How many advisory locks (any key) the session with backend `pid` holds or waits for.
 pub async fn advisory_locks_of(pid: i32) -> i64 {
     let mut conn = connect().await;
-    let n = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .expect("query pg_locks");
+    let n = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+    )
+    .bind(pid)
+    .fetch_one(&mut conn)
+    .await
+    .expect("query pg_locks");
     let _ = conn.close().await;
     n
 }
@@ -133,4 +135,117 @@ where
         assert!(start.elapsed() < limit, "{what}: not true within {limit:?}");
         rt::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Granted advisory locks on `key` as `(pid, mode)`, `mode` as `pg_locks` names it
+/// (`ExclusiveLock`, `ShareLock`), ordered by pid then mode.
+pub async fn holders_with_mode(key: LockKey) -> Vec<(i32, String)> {
+    let (classid, objid, objsubid) = key.pg_locks_ids();
+    let mut conn = connect().await;
+    let rows = sqlx::query_as(
+        "SELECT pid, mode FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
+    )
+    .bind(sqlx::postgres::types::Oid(classid))
+    .bind(sqlx::postgres::types::Oid(objid))
+    .bind(objsubid)
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    rows
+}
+
+/// Like [`holders`], but finds the key in `pg_locks` with the server's own arithmetic
+/// instead of `LockKey::pg_locks_ids`, so a wrong mapping in the library cannot hide.
+pub async fn holders_by_server_arithmetic(key: LockKey) -> Vec<i32> {
+    let mut conn = connect().await;
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1 ORDER BY pid",
+        )
+        .bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND objsubid = 2 AND classid::int8 = ($1::int8 & 4294967295) \
+             AND objid::int8 = ($2::int8 & 4294967295) ORDER BY pid",
+        )
+        .bind(a)
+        .bind(b),
+    };
+    let pids = query.fetch_all(&mut conn).await.expect("query pg_locks");
+    let _ = conn.close().await;
+    pids
+}
+
+/// `pg_try_advisory_lock` on `key` from `conn`: another session, outside any pglock lock.
+pub async fn try_lock_on(conn: &mut PgConnection, key: LockKey) -> bool {
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(a)
+            .bind(b),
+    };
+    query.fetch_one(conn).await.expect("pg_try_advisory_lock")
+}
+
+/// `pg_advisory_unlock` on `key` from `conn`; whether a level was released.
+pub async fn unlock_on(conn: &mut PgConnection, key: LockKey) -> bool {
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_advisory_unlock($1)").bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+            .bind(a)
+            .bind(b),
+    };
+    query.fetch_one(conn).await.expect("pg_advisory_unlock")
+}
+
+/// Whether a brand-new session (outside every pool) can take `key` exclusively right
+/// now. It lets go at once (by closing), so it never holds the key afterwards.
+pub async fn free_for_another_session(key: LockKey) -> bool {
+    let mut conn = connect().await;
+    let took = try_lock_on(&mut conn, key).await;
+    let _ = conn.close().await;
+    took
+}
+
+/// `(pid, advisory locks held or awaited)` for every idle connection of `pool`.
+/// Borrows every idle connection for the look, then gives them all back.
+pub async fn advisory_locks_of_idle(pool: &PgPool) -> Vec<(i32, i64)> {
+    let mut counts = Vec::new();
+    for pid in idle_pids(pool).await {
+        counts.push((pid, advisory_locks_of(pid).await));
+    }
+    counts
+}
+
+/// Whether a backend with `pid` is still connected.
+pub async fn backend_alive(pid: i32) -> bool {
+    let mut conn = connect().await;
+    let alive = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query pg_stat_activity");
+    let _ = conn.close().await;
+    alive
+}
+
+/// A table name no other test (or test process) uses: `<prefix>_<pid>_<n>`.
+pub fn unique_table(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}_{}_{n}", std::process::id())
+}
+
+/// Waits (up to `limit`) until every connection of `pool` is back and idle, so a look at
+/// its idle connections sees all of them.
+pub async fn settled(pool: &PgPool, limit: Duration) {
+    eventually(
+        limit,
+        "every pool connection is back in the pool",
+        || async { pool.num_idle() as u32 == pool.size() },
+    )
+    .await;
 }

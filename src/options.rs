@@ -1,0 +1,97 @@
+//! [`LockOptions`]: how a lock treats the sessions it owns, and how it watches for loss.
+
+use std::time::Duration;
+
+/// Settings for an [`AdvisoryLock`](crate::AdvisoryLock), built with chained setters.
+///
+/// The session settings apply only to connections the lock *owns* (from
+/// [`AdvisoryLock::new`](crate::AdvisoryLock::new), or an owned `PgConnection` /
+/// `PoolConnection`). They are set with the lock's first statement on the session and
+/// put back to the server defaults by [`close`](crate::AdvisoryLock::close), so a pool
+/// connection returns as it came. A borrowed connection's settings are never changed
+/// for good.
+///
+/// ```
+/// use std::time::Duration;
+/// use pglock::LockOptions;
+///
+/// let options = LockOptions::new()
+///     .application_name("billing-worker")
+///     .lost_check_interval(Duration::from_millis(500));
+/// assert_eq!(options.get_application_name(), "billing-worker");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOptions {
+    application_name: String,
+    client_connection_check_interval: Duration,
+    lost_check_interval: Duration,
+    check_timeout: Duration,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            application_name: "pglock".to_owned(),
+            client_connection_check_interval: Duration::from_secs(1),
+            lost_check_interval: Duration::from_secs(1),
+            check_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LockOptions {
+    /// The defaults: `application_name` `pglock`, a 1 s client connection check, a 1 s
+    /// lost-lock check, and a 5 s bound on each check.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The `application_name` the lock's own sessions show in `pg_stat_activity`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// How often the server checks that the client of an owned session is still there,
+    /// even while it waits for a lock (`client_connection_check_interval`, PostgreSQL
+    /// 14+). A crashed holder's locks are freed within about this long. Zero turns the
+    /// check off.
+    pub fn client_connection_check_interval(mut self, interval: Duration) -> Self {
+        self.client_connection_check_interval = interval;
+        self
+    }
+
+    /// How often [`AdvisoryLock::lost`](crate::AdvisoryLock::lost) asks the server whether
+    /// the lock is still held.
+    pub fn lost_check_interval(mut self, interval: Duration) -> Self {
+        self.lost_check_interval = interval;
+        self
+    }
+
+    /// How long one lost-lock check may take before the session is taken for gone (a
+    /// silent network never answers).
+    pub fn check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
+    }
+
+    /// The configured `application_name`.
+    pub fn get_application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// The configured client connection check interval.
+    pub fn get_client_connection_check_interval(&self) -> Duration {
+        self.client_connection_check_interval
+    }
+
+    /// The configured lost-lock check interval.
+    pub fn get_lost_check_interval(&self) -> Duration {
+        self.lost_check_interval
+    }
+
+    /// The configured bound on one lost-lock check.
+    pub fn get_check_timeout(&self) -> Duration {
+        self.check_timeout
+    }
+}
