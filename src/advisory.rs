@@ -430,10 +430,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
             add(&mut args, exclusive)?;
             add(&mut args, shared)?;
             let sql = sql::UNLOCK_LEVELS.for_key(self.key);
-            let released: (i64, i64) = self.fetch(Effect::Write, sql, args).await?;
+            let released_all: bool = self.fetch(Effect::Write, sql, args).await?;
             self.exclusive = 0;
             self.shared = 0;
-            if released != (exclusive, shared) {
+            if !released_all {
                 return Err(Error::LockLost { key: self.key });
             }
         }

@@ -59,15 +59,19 @@ pub(crate) const UNLOCK_SHARED: KeyedSql = KeyedSql {
 };
 
 /// Releases exactly the levels this lock holds (`$n` exclusive, `$n+1` shared) in one
-/// round trip, and says how many of each the server released. Not
+/// round trip, and says whether the server had every one of them. Not
 /// `pg_advisory_unlock_all()`: a borrowed session may hold other locks of its owner's.
 pub(crate) const UNLOCK_LEVELS: KeyedSql = KeyedSql {
-    bigint: "SELECT \
-        (SELECT count(*) FROM generate_series(1, $2) WHERE pg_advisory_unlock($1)), \
-        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock_shared($1))",
-    pair: "SELECT \
-        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock($1, $2)), \
-        (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock_shared($1, $2))",
+    // Both counts are computed in the subquery, so neither unlock can be skipped by
+    // AND short-circuiting.
+    bigint: "SELECT released.exclusive = $2 AND released.shared = $3 FROM (SELECT \
+        (SELECT count(*) FROM generate_series(1, $2) WHERE pg_advisory_unlock($1)) AS exclusive, \
+        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock_shared($1)) AS shared \
+        OFFSET 0) AS released",
+    pair: "SELECT released.exclusive = $3 AND released.shared = $4 FROM (SELECT \
+        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock($1, $2)) AS exclusive, \
+        (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock_shared($1, $2)) AS shared \
+        OFFSET 0) AS released",
 };
 
 /// Whether this session holds the key in any mode, from `pg_locks`: the server's truth,
