@@ -187,6 +187,13 @@ impl AdvisoryLock {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::LockProvider for PgPool {
+    async fn new_lock(&self, key: LockKey) -> Result<Box<dyn DistributedLock>> {
+        Ok(Box::new(AdvisoryLock::new(self, key).await?))
+    }
+}
+
 impl<C: LockConnection> AdvisoryLock<C> {
     /// A lock on `key` over a connection the caller supplies.
     ///

@@ -73,3 +73,37 @@ pub trait DistributedLock: Send {
     /// (for PostgreSQL: `pg_locks`) says.
     async fn is_held(&mut self) -> Result<bool>;
 }
+
+/// Makes locks: what application code holds (as `Arc<dyn LockProvider>`) so that its
+/// tests can hand it [`MemoryLocks`](crate::memory::MemoryLocks) instead of a database.
+///
+/// Implemented for [`sqlx::PgPool`] (each lock takes its own connection, as
+/// [`AdvisoryLock::new`](crate::AdvisoryLock::new)) and for
+/// [`MemoryLocks`](crate::memory::MemoryLocks).
+///
+/// ```
+/// use std::sync::Arc;
+/// use pglock::{LockKey, LockProvider, memory::MemoryLocks};
+///
+/// async fn rebuild_index(locks: &dyn LockProvider) -> pglock::Result<bool> {
+///     let mut lock = locks.new_lock(LockKey::from_name("rebuild-index")).await?;
+///     let ran = lock.try_lock().await?;
+///     if ran {
+///         // ... rebuild ...
+///         lock.unlock().await?;
+///     }
+///     lock.close().await?;
+///     Ok(ran)
+/// }
+///
+/// # futures_lite::future::block_on(async {
+/// let locks: Arc<dyn LockProvider> = Arc::new(MemoryLocks::new());
+/// assert!(rebuild_index(locks.as_ref()).await?);
+/// # Ok::<(), pglock::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+pub trait LockProvider: Send + Sync {
+    /// A new lock on `key`, with a session of its own.
+    async fn new_lock(&self, key: LockKey) -> Result<Box<dyn DistributedLock>>;
+}
