@@ -51,13 +51,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use sqlx::Acquire;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
-use sqlx::{Acquire, Arguments};
 
 use crate::error::{self, LockMode, sqlstate};
-use crate::sql::{self, KeyedSql};
+use crate::sql::{self, KeyedSql, add, key_args};
 use crate::{DistributedLock, Error, LockKey, LockOptions, Result, timer};
 
 /// A connection an [`AdvisoryLock`] can work on, owned or borrowed.
@@ -130,6 +130,13 @@ struct SessionFacts {
     statement_timeout_ms: Option<i64>,
 }
 
+/// Levels whose release was asked for synchronously (a guard's drop) and is still owed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Deferred {
+    exclusive: u32,
+    shared: u32,
+}
+
 /// How a lock from [`AdvisoryLock::new`] gets a fresh session after losing one.
 struct Reconnect<C> {
     pool: PgPool,
@@ -164,6 +171,8 @@ pub struct AdvisoryLock<C: LockConnection = PoolConnection<Postgres>> {
     state: State,
     exclusive: u32,
     shared: u32,
+    /// Levels of dropped guards, still counted above, released before the next operation.
+    deferred: Deferred,
     options: LockOptions,
     facts: SessionFacts,
     reconnect: Option<Reconnect<C>>,
@@ -212,6 +221,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             state: State::Ready,
             exclusive: 0,
             shared: 0,
+            deferred: Deferred::default(),
             options: LockOptions::default(),
             facts: SessionFacts::default(),
             reconnect: None,
@@ -432,17 +442,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     async fn release_everything(&mut self) -> Result<()> {
         if self.holds_levels() {
-            let (exclusive, shared) = (i64::from(self.exclusive), i64::from(self.shared));
-            let mut args = key_args(self.key)?;
-            add(&mut args, exclusive)?;
-            add(&mut args, shared)?;
-            let sql = sql::UNLOCK_LEVELS.for_key(self.key);
-            let released_all: bool = self.fetch(Effect::Write, sql, args).await?;
-            self.exclusive = 0;
-            self.shared = 0;
-            if !released_all {
-                return Err(Error::LockLost { key: self.key });
-            }
+            self.unlock_levels(self.exclusive, self.shared).await?;
         }
         if self.facts.configured {
             let _: i64 = self
@@ -481,10 +481,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         if timeout.is_zero() {
             return self.try_acquire(plain_try, mode).await;
         }
-        // lock_timeout takes whole milliseconds up to i32::MAX; round up, never to 0
-        // (which would mean "wait forever").
-        let millis = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
-        let millis = millis.clamp(1, i64::from(i32::MAX));
+        let millis = sql::lock_timeout_millis(timeout);
         self.open_session().await?;
         let lifted = self.lift_statement_timeout(millis).await?;
         let mut args = key_args(self.key)?;
@@ -601,6 +598,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
     fn forget_levels(&mut self) -> Error {
         self.exclusive = 0;
         self.shared = 0;
+        self.deferred = Deferred::default();
         Error::LockLost { key: self.key }
     }
 
@@ -647,7 +645,43 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 .await?;
             self.facts.configured = true;
         }
+        if self.deferred != Deferred::default() {
+            self.release_deferred().await?;
+        }
         Ok(())
+    }
+
+    /// Gives up one level of `mode` later: before the lock's next operation, at `close`,
+    /// or (with the session) when the lock is dropped. For guards, whose `Drop` cannot
+    /// wait for the server.
+    pub(crate) fn defer_release(&mut self, mode: LockMode) {
+        match mode {
+            LockMode::Exclusive => self.deferred.exclusive += 1,
+            LockMode::Shared => self.deferred.shared += 1,
+        }
+    }
+
+    /// Releases the levels dropped guards left, in one round trip.
+    async fn release_deferred(&mut self) -> Result<()> {
+        let Deferred { exclusive, shared } = self.deferred;
+        self.unlock_levels(exclusive, shared).await
+    }
+
+    /// Releases `exclusive` and `shared` levels (which include every deferred one) in one
+    /// round trip; if the server did not have them all, the levels were lost.
+    async fn unlock_levels(&mut self, exclusive: u32, shared: u32) -> Result<()> {
+        let mut args = key_args(self.key)?;
+        add(&mut args, i64::from(exclusive))?;
+        add(&mut args, i64::from(shared))?;
+        let sql = sql::UNLOCK_LEVELS.for_key(self.key);
+        let released_all: bool = self.fetch(Effect::Write, sql, args).await?;
+        self.exclusive = self.exclusive.saturating_sub(exclusive);
+        self.shared = self.shared.saturating_sub(shared);
+        self.deferred = Deferred::default();
+        match released_all {
+            true => Ok(()),
+            false => Err(self.forget_levels()),
+        }
     }
 
     async fn execute(
@@ -693,6 +727,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
     fn end_session(&mut self) -> bool {
         self.exclusive = 0;
         self.shared = 0;
+        self.deferred = Deferred::default();
         match self.conn.take() {
             Some(mut conn) => {
                 let owned = conn.owns_session();
@@ -732,11 +767,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 false => Error::Database(err),
             };
         }
-        match error::sqlstate(&err).as_deref() {
-            Some(sqlstate::DEADLOCK_DETECTED) => Error::Deadlock { key: self.key },
-            Some(sqlstate::OUT_OF_SHARED_MEMORY) => Error::TooManyLocks { key: self.key },
-            _ => Error::Database(err),
-        }
+        error::from_acquisition(err, self.key)
     }
 }
 
@@ -783,27 +814,6 @@ fn pg_locks_mode(mode: LockMode) -> &'static str {
         LockMode::Exclusive => "ExclusiveLock",
         LockMode::Shared => "ShareLock",
     }
-}
-
-/// The key's bind parameters: `$1` for a `bigint` key, `$1, $2` for an int pair.
-fn key_args(key: LockKey) -> Result<PgArguments> {
-    let mut args = PgArguments::default();
-    match key {
-        LockKey::BigInt(k) => add(&mut args, k)?,
-        LockKey::IntPair(a, b) => {
-            add(&mut args, a)?;
-            add(&mut args, b)?;
-        }
-    }
-    Ok(args)
-}
-
-fn add<'t, T>(args: &mut PgArguments, value: T) -> Result<()>
-where
-    T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
-{
-    args.add(value)
-        .map_err(|err| Error::Database(sqlx::Error::Encode(err)))
 }
 
 impl<C: LockConnection> Drop for AdvisoryLock<C> {

@@ -129,6 +129,15 @@ pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// Turns a database error from an acquisition into the typed error a caller can act on.
+pub(crate) fn from_acquisition(err: sqlx::Error, key: LockKey) -> Error {
+    match sqlstate(&err).as_deref() {
+        Some(sqlstate::DEADLOCK_DETECTED) => Error::Deadlock { key },
+        Some(sqlstate::OUT_OF_SHARED_MEMORY) => Error::TooManyLocks { key },
+        _ => Error::Database(err),
+    }
+}
+
 /// Whether `err` means the session is gone, so the server has freed its locks.
 pub(crate) fn session_is_gone(err: &sqlx::Error) -> bool {
     match err {

@@ -50,15 +50,20 @@
 
 mod advisory;
 mod error;
+mod guard;
 mod key;
 mod lock;
 pub mod memory;
 mod options;
+mod scoped;
 mod sql;
 mod timer;
+pub mod xact;
 
 pub use advisory::{AdvisoryLock, LockConnection};
 pub use error::{Error, LockMode, Result};
+pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
 pub use lock::{DistributedLock, LockProvider};
 pub use options::LockOptions;
+pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};

@@ -4,7 +4,12 @@
 //! `bigint` and int-pair key spaces need different function signatures, so most
 //! statements come as a [`KeyedSql`] pair and [`KeyedSql::for_key`] picks one.
 
-use crate::LockKey;
+use std::time::Duration;
+
+use sqlx::Arguments;
+use sqlx::postgres::{PgArguments, Postgres};
+
+use crate::{Error, LockKey, Result};
 
 /// One statement in both key spaces: `$1` is the `bigint` key, or `$1, $2` the int pair.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +25,35 @@ impl KeyedSql {
             LockKey::IntPair(..) => self.pair,
         }
     }
+}
+
+/// The key's bind parameters: `$1` for a `bigint` key, `$1, $2` for an int pair.
+pub(crate) fn key_args(key: LockKey) -> Result<PgArguments> {
+    let mut args = PgArguments::default();
+    match key {
+        LockKey::BigInt(k) => add(&mut args, k)?,
+        LockKey::IntPair(a, b) => {
+            add(&mut args, a)?;
+            add(&mut args, b)?;
+        }
+    }
+    Ok(args)
+}
+
+/// Appends one bind parameter.
+pub(crate) fn add<'t, T>(args: &mut PgArguments, value: T) -> Result<()>
+where
+    T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+{
+    args.add(value)
+        .map_err(|err| Error::Database(sqlx::Error::Encode(err)))
+}
+
+/// A wait's bound as `lock_timeout` milliseconds: whole milliseconds up to `i32::MAX`,
+/// rounded up and never 0 (which would mean "wait forever").
+pub(crate) fn lock_timeout_millis(timeout: Duration) -> i64 {
+    let millis = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+    millis.clamp(1, i64::from(i32::MAX))
 }
 
 /// Blocks until the exclusive level is granted.
@@ -133,3 +167,62 @@ pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.va
 pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)) \
      FROM pg_catalog.pg_settings WHERE name IN ('application_name', 'idle_session_timeout', \
      'idle_in_transaction_session_timeout', 'client_connection_check_interval')";
+
+/// Transaction-scoped: blocks until the exclusive level is granted; released at commit
+/// or rollback.
+pub(crate) const XACT_LOCK: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_xact_lock($1)",
+    pair: "SELECT pg_advisory_xact_lock($1, $2)",
+};
+
+/// Transaction-scoped: blocks until the shared level is granted.
+pub(crate) const XACT_LOCK_SHARED: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_xact_lock_shared($1)",
+    pair: "SELECT pg_advisory_xact_lock_shared($1, $2)",
+};
+
+/// Transaction-scoped: takes the exclusive level if it is free now.
+pub(crate) const TRY_XACT_LOCK: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_try_advisory_xact_lock($1)",
+    pair: "SELECT pg_try_advisory_xact_lock($1, $2)",
+};
+
+/// Transaction-scoped: takes the shared level if it is free now.
+pub(crate) const TRY_XACT_LOCK_SHARED: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_try_advisory_xact_lock_shared($1)",
+    pair: "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
+};
+
+/// Transaction-scoped [`TRY_LOCK_FOR`]: waits at most `$n` for the exclusive level.
+pub(crate) const TRY_XACT_LOCK_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_xact_lock($1), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
+    pair: "SELECT pg_advisory_xact_lock($1, $2), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+};
+
+/// Transaction-scoped [`TRY_LOCK_SHARED_FOR`].
+pub(crate) const TRY_XACT_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT pg_advisory_xact_lock_shared($1), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
+    pair: "SELECT pg_advisory_xact_lock_shared($1, $2), set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+};
+
+/// Fences a transaction-scoped acquisition, so that its failure (a timeout, a deadlock)
+/// rolls back to here instead of aborting the caller's transaction.
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT pglock_acquire";
+
+/// Keeps what the fenced acquisition took (the lock passes to the enclosing transaction).
+pub(crate) const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT pglock_acquire";
+
+/// Undoes a failed fenced acquisition, and any setting it changed.
+pub(crate) const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT pglock_acquire";
+
+/// Sets `statement_timeout` for the rest of the current transaction (`$1`, ms as text).
+pub(crate) const SET_LOCAL_STATEMENT_TIMEOUT: &str =
+    "SELECT set_config('statement_timeout', $1, true)";

@@ -1,0 +1,183 @@
+//! Transaction-scoped advisory locks over a caller's transaction.
+//!
+//! `pg_advisory_xact_lock` and its family take a lock that belongs to the *transaction*:
+//! there is no unlock; commit or rollback releases it. That makes these the locks to use
+//! where a session is not yours to keep, above all **behind PgBouncer in transaction
+//! pooling mode**: there a client's statements may run on a different server session
+//! after each transaction, so a session lock ([`AdvisoryLock`](crate::AdvisoryLock))
+//! would stay on a server session you no longer have, while a transaction lock lives and
+//! dies with the one transaction PgBouncer keeps on a single server session.
+//!
+//! Each acquisition runs inside a savepoint, so that its failure (a timeout, a deadlock,
+//! a full lock table) rolls back to the savepoint and leaves the caller's transaction
+//! usable; the session's `lock_timeout` and `statement_timeout` read the same afterwards.
+//! That costs two short statements around the acquisition.
+//!
+//! ```no_run
+//! # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
+//! let key = pglock::LockKey::from_name("invoice-42");
+//! let mut tx = pool.begin().await?;
+//! if pglock::xact::try_lock_for(&mut tx, key, std::time::Duration::from_secs(1)).await? {
+//!     // ... work under the lock, in this transaction ...
+//! }
+//! tx.commit().await?; // releases the lock
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Cancelling one of these futures mid-wait leaves the statement running on the
+//! transaction's session (sqlx cannot cancel it); rolling back or dropping the transaction
+//! then waits for it. Give up on waits with [`try_lock_for`] instead.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgArguments, PgConnection, Postgres};
+use sqlx::{Executor, Transaction};
+
+use crate::error::{self, sqlstate};
+use crate::sql::{self, KeyedSql, add, key_args};
+use crate::{Error, LockKey, LockMode, Result};
+
+/// Waits until the exclusive level on `key` is granted to `tx`; held until it ends.
+pub async fn lock(tx: &mut Transaction<'_, Postgres>, key: impl Into<LockKey>) -> Result<()> {
+    blocking(tx.as_mut(), key.into(), sql::XACT_LOCK).await
+}
+
+/// Waits until the shared level on `key` is granted to `tx`; held until it ends.
+pub async fn lock_shared(
+    tx: &mut Transaction<'_, Postgres>,
+    key: impl Into<LockKey>,
+) -> Result<()> {
+    blocking(tx.as_mut(), key.into(), sql::XACT_LOCK_SHARED).await
+}
+
+/// Takes the exclusive level on `key` for `tx` if it is free now.
+pub async fn try_lock(tx: &mut Transaction<'_, Postgres>, key: impl Into<LockKey>) -> Result<bool> {
+    trying(tx.as_mut(), key.into(), sql::TRY_XACT_LOCK).await
+}
+
+/// Takes the shared level on `key` for `tx` if no one holds it exclusively now.
+pub async fn try_lock_shared(
+    tx: &mut Transaction<'_, Postgres>,
+    key: impl Into<LockKey>,
+) -> Result<bool> {
+    trying(tx.as_mut(), key.into(), sql::TRY_XACT_LOCK_SHARED).await
+}
+
+/// Waits at most `timeout` for the exclusive level on `key`: `Ok(false)` when the time
+/// runs out, and the transaction goes on as before. A zero timeout is [`try_lock`].
+pub async fn try_lock_for(
+    tx: &mut Transaction<'_, Postgres>,
+    key: impl Into<LockKey>,
+    timeout: Duration,
+) -> Result<bool> {
+    timed(tx.as_mut(), key.into(), LockMode::Exclusive, timeout).await
+}
+
+/// Waits at most `timeout` for the shared level on `key`: `Ok(false)` when the time runs
+/// out. A zero timeout is [`try_lock_shared`].
+pub async fn try_lock_shared_for(
+    tx: &mut Transaction<'_, Postgres>,
+    key: impl Into<LockKey>,
+    timeout: Duration,
+) -> Result<bool> {
+    timed(tx.as_mut(), key.into(), LockMode::Shared, timeout).await
+}
+
+async fn blocking(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<()> {
+    fenced(conn, async |conn| {
+        sqlx::query_with(sql.for_key(key), key_args(key)?)
+            .execute(conn)
+            .await
+            .map_err(|err| error::from_acquisition(err, key))?;
+        Ok(())
+    })
+    .await
+}
+
+async fn trying(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<bool> {
+    fenced(conn, async |conn| {
+        sqlx::query_scalar_with(sql.for_key(key), key_args(key)?)
+            .fetch_one(conn)
+            .await
+            .map_err(|err| error::from_acquisition(err, key))
+    })
+    .await
+}
+
+async fn timed(
+    conn: &mut PgConnection,
+    key: LockKey,
+    mode: LockMode,
+    timeout: Duration,
+) -> Result<bool> {
+    let (plain_try, timed) = match mode {
+        LockMode::Exclusive => (sql::TRY_XACT_LOCK, sql::TRY_XACT_LOCK_FOR),
+        LockMode::Shared => (sql::TRY_XACT_LOCK_SHARED, sql::TRY_XACT_LOCK_SHARED_FOR),
+    };
+    if timeout.is_zero() {
+        return trying(conn, key, plain_try).await;
+    }
+    let millis = sql::lock_timeout_millis(timeout);
+    let outcome = fenced(conn, async |conn| {
+        // A statement_timeout is armed when a statement starts; lift a shorter one for
+        // the wait, as a transaction-local setting the savepoint puts back on failure.
+        let statement_timeout: i64 = sqlx::query_scalar(sql::STATEMENT_TIMEOUT_MS)
+            .fetch_one(&mut *conn)
+            .await?;
+        let lift = statement_timeout != 0 && statement_timeout <= millis.saturating_add(1000);
+        if lift {
+            set_local_statement_timeout(conn, 0).await?;
+        }
+        let mut args = key_args(key)?;
+        add(&mut args, format!("{millis}ms"))?;
+        sqlx::query_with(timed.for_key(key), args)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| error::from_acquisition(err, key))?;
+        if lift {
+            set_local_statement_timeout(conn, statement_timeout).await?;
+        }
+        Ok(())
+    })
+    .await;
+    match outcome {
+        Ok(()) => Ok(true),
+        // Rolled back to the savepoint: a grant that raced the timeout went with it.
+        Err(Error::Database(err))
+            if error::sqlstate(&err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn set_local_statement_timeout(conn: &mut PgConnection, millis: i64) -> Result<()> {
+    let mut args = PgArguments::default();
+    add(&mut args, millis.to_string())?;
+    sqlx::query_with(sql::SET_LOCAL_STATEMENT_TIMEOUT, args)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Runs `acquire` inside a savepoint: kept on success, rolled back on failure, so the
+/// caller's transaction survives a failed acquisition.
+async fn fenced<T>(
+    conn: &mut PgConnection,
+    acquire: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
+    conn.execute(sql::SAVEPOINT).await?;
+    match acquire(&mut *conn).await {
+        Ok(value) => {
+            conn.execute(sql::RELEASE_SAVEPOINT).await?;
+            Ok(value)
+        }
+        Err(err) => {
+            conn.execute(sql::ROLLBACK_TO_SAVEPOINT).await?;
+            conn.execute(sql::RELEASE_SAVEPOINT).await?;
+            Err(err)
+        }
+    }
+}
