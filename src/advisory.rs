@@ -455,7 +455,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
     async fn acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
         self.open_session().await?;
         let args = key_args(self.key)?;
-        self.execute(Effect::Write, sql.for_key(self.key), args)
+        self.execute(Effect::Write, sql.for_key(self.key), args, None)
             .await?;
         *self.levels_mut(mode) += 1;
         Ok(())
@@ -487,7 +487,12 @@ impl<C: LockConnection> AdvisoryLock<C> {
         let mut args = key_args(self.key)?;
         add(&mut args, format!("{millis}ms"))?;
         let outcome = self
-            .execute(Effect::Write, timed.for_key(self.key), args)
+            .execute(
+                Effect::Write,
+                timed.for_key(self.key),
+                args,
+                Some(timeout.saturating_add(self.options.get_operation_timeout())),
+            )
             .await;
         if let Some(previous) = lifted
             && self.state == State::Ready
@@ -684,27 +689,40 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
+    /// Sends a statement whose answer is not needed, waiting at most `bound` for it
+    /// (`None`: a deliberate unbounded wait for a lock).
     async fn execute(
         &mut self,
         effect: Effect,
         sql: &'static str,
         args: PgArguments,
+        bound: Option<Duration>,
     ) -> Result<()> {
         let mut statement = InFlight::begin(self, effect)?;
-        let result = sqlx::query_with(sql, args).execute(statement.conn()?).await;
-        statement.finish(result.map(drop))
+        let query = sqlx::query_with(sql, args).execute(statement.conn()?);
+        let answer = match bound {
+            Some(limit) => timer::timeout(limit, query).await,
+            None => Some(query.await),
+        };
+        match answer {
+            Some(result) => statement.finish(result.map(drop)),
+            None => Err(statement.unanswered(bound.unwrap_or_default())),
+        }
     }
 
+    /// Sends a statement and reads its one value, waiting at most the operation timeout.
     async fn fetch<T>(&mut self, effect: Effect, sql: &'static str, args: PgArguments) -> Result<T>
     where
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
         (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
+        let limit = self.options.get_operation_timeout();
         let mut statement = InFlight::begin(self, effect)?;
-        let result = sqlx::query_scalar_with(sql, args)
-            .fetch_one(statement.conn()?)
-            .await;
-        statement.finish(result)
+        let query = sqlx::query_scalar_with(sql, args).fetch_one(statement.conn()?);
+        match timer::timeout(limit, query).await {
+            Some(result) => statement.finish(result),
+            None => Err(statement.unanswered(limit)),
+        }
     }
 
     /// A statement's future was dropped before its answer; see the module docs.
@@ -792,6 +810,26 @@ impl<'a, C: LockConnection> InFlight<'a, C> {
             .as_mut()
             .map(AsMut::as_mut)
             .ok_or(Error::Closed)
+    }
+
+    /// No answer within `limit`: the server or the network is gone for all we know, and
+    /// the answer, if it ever comes, must not be waited for. Ends the session.
+    fn unanswered(self, limit: Duration) -> Error {
+        let lock = &mut *self.lock;
+        let held = lock.holds_levels();
+        lock.state = match lock.end_session() {
+            true => State::Disconnected {
+                unreported_loss: false,
+            },
+            false => State::Interrupted,
+        };
+        match held {
+            true => Error::LockLost { key: lock.key },
+            false => Error::Unresponsive {
+                key: lock.key,
+                after: limit,
+            },
+        }
     }
 
     /// The answer arrived: the session is idle again; errors become ours.

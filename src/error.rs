@@ -87,6 +87,21 @@ pub enum Error {
         key: LockKey,
     },
 
+    /// The server did not answer a statement within the operation timeout
+    /// ([`LockOptions::operation_timeout`](crate::LockOptions::operation_timeout)): the
+    /// network or the server is gone for all the lock can tell, so it ended the session
+    /// (a held level would be reported as [`Error::LockLost`] instead).
+    #[error(
+        "the server did not answer within {after:?} while working on advisory lock {key}; \
+         the session was ended (check the network and the server, then retry)"
+    )]
+    Unresponsive {
+        /// The lock's key.
+        key: LockKey,
+        /// How long the lock waited.
+        after: std::time::Duration,
+    },
+
     /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
     #[error(
         "acquiring advisory lock {key} would deadlock with another session (SQLSTATE 40P01); \

@@ -26,6 +26,7 @@ pub struct LockOptions {
     client_connection_check_interval: Duration,
     lost_check_interval: Duration,
     check_timeout: Duration,
+    operation_timeout: Duration,
 }
 
 impl Default for LockOptions {
@@ -35,13 +36,14 @@ impl Default for LockOptions {
             client_connection_check_interval: Duration::from_secs(1),
             lost_check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl LockOptions {
     /// The defaults: `application_name` `pglock`, a 1 s client connection check, a 1 s
-    /// lost-lock check, and a 5 s bound on each check.
+    /// lost-lock check with a 5 s bound on each check, and a 30 s operation timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -73,6 +75,20 @@ impl LockOptions {
     pub fn check_timeout(mut self, timeout: Duration) -> Self {
         self.check_timeout = timeout;
         self
+    }
+
+    /// How long any statement but a deliberate wait may go unanswered before the lock
+    /// takes the server or network for gone and ends the session (30 s by default).
+    /// Bounds `try_lock`, `unlock`, `is_held`, `close` and the rest; a timed wait gets
+    /// its own timeout plus this. Blocking `lock()` is unbounded by design.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// The configured operation timeout.
+    pub fn get_operation_timeout(&self) -> Duration {
+        self.operation_timeout
     }
 
     /// The configured `application_name`.

@@ -1,10 +1,12 @@
-//! A runtime-agnostic sleep: the library depends on no async runtime, so it keeps time
-//! with a short-lived std thread per sleep. Used only between lost-lock checks and as
-//! their bound, never on the lock/unlock path.
+//! A runtime-agnostic timer. The library depends on no async runtime, so it keeps time
+//! with one background std thread that wakes sleeping futures at their deadlines.
+//! Registering a deadline is a mutex lock and a map insert, cheap enough to bound every
+//! statement; a deadline dropped before it fires is removed at once.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -12,50 +14,7 @@ use std::time::{Duration, Instant};
 pub(crate) fn sleep(duration: Duration) -> Sleep {
     Sleep {
         deadline: Instant::now() + duration,
-        waker: None,
-    }
-}
-
-/// The future [`sleep`] returns.
-pub(crate) struct Sleep {
-    deadline: Instant,
-    /// Shared with the timer thread once started.
-    waker: Option<Arc<Mutex<Option<Waker>>>>,
-}
-
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Poll::Ready(());
-        }
-        match &self.waker {
-            Some(slot) => {
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(cx.waker().clone());
-                }
-            }
-            None => {
-                let slot = Arc::new(Mutex::new(Some(cx.waker().clone())));
-                let shared = Arc::clone(&slot);
-                let spawned = std::thread::Builder::new()
-                    .name("pglock-timer".into())
-                    .spawn(move || {
-                        std::thread::sleep(remaining);
-                        if let Some(waker) = shared.lock().ok().and_then(|mut w| w.take()) {
-                            waker.wake();
-                        }
-                    });
-                if spawned.is_err() {
-                    // No thread to be had: poll again soon rather than never.
-                    cx.waker().wake_by_ref();
-                }
-                self.waker = Some(slot);
-            }
-        }
-        Poll::Pending
+        entry: None,
     }
 }
 
@@ -71,4 +30,138 @@ pub(crate) async fn timeout<F: Future>(limit: Duration, future: F) -> Option<F::
         Pin::new(&mut delay).poll(cx).map(|()| None)
     })
     .await
+}
+
+/// The future [`sleep`] returns.
+pub(crate) struct Sleep {
+    deadline: Instant,
+    /// Our key in the timer's map, once registered.
+    entry: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            self.deregister();
+            return Poll::Ready(());
+        }
+        let Some(timer) = Timer::get() else {
+            // No timer thread could be started: the sleep never ends (unbounded, as sqlx
+            // alone would be) rather than ending at once.
+            return Poll::Pending;
+        };
+        let mut wheel = timer.wheel();
+        match self.entry {
+            Some(entry) => match wheel.entries.get_mut(&entry) {
+                Some(waker) => waker.clone_from(cx.waker()),
+                // Fired and removed: the deadline has passed.
+                None => {
+                    self.entry = None;
+                    return Poll::Ready(());
+                }
+            },
+            None => {
+                wheel.next_id += 1;
+                let entry = (self.deadline, wheel.next_id);
+                let earliest = wheel
+                    .entries
+                    .keys()
+                    .next()
+                    .is_none_or(|first| entry < *first);
+                wheel.entries.insert(entry, cx.waker().clone());
+                self.entry = Some(entry);
+                if earliest {
+                    timer.changed.notify_one();
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Sleep {
+    fn deregister(&mut self) {
+        if let (Some(entry), Some(timer)) = (self.entry.take(), Timer::get()) {
+            timer.wheel().entries.remove(&entry);
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+/// The deadlines, and the thread that fires them.
+struct Timer {
+    wheel: Mutex<Wheel>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Wheel {
+    entries: BTreeMap<(Instant, u64), Waker>,
+    next_id: u64,
+}
+
+impl Timer {
+    fn get() -> Option<&'static Timer> {
+        static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
+        *TIMER.get_or_init(|| {
+            let timer: &'static Timer = Box::leak(Box::new(Timer {
+                wheel: Mutex::new(Wheel::default()),
+                changed: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("pglock-timer".into())
+                .spawn(move || timer.run())
+                .ok()
+                .map(|_| timer)
+        })
+    }
+
+    /// The timer's state; a poisoned lock only means a waker panicked, the map is fine.
+    fn wheel(&self) -> MutexGuard<'_, Wheel> {
+        self.wheel
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn run(&self) {
+        let mut wheel = self.wheel();
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while let Some(entry) = wheel.entries.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            if !due.is_empty() {
+                drop(wheel);
+                due.into_iter().for_each(Waker::wake);
+                wheel = self.wheel();
+                continue;
+            }
+            let wait = wheel
+                .entries
+                .keys()
+                .next()
+                .map(|(deadline, _)| deadline.saturating_duration_since(now));
+            wheel = match wait {
+                Some(wait) => match self.changed.wait_timeout(wheel, wait) {
+                    Ok((wheel, _)) => wheel,
+                    Err(poisoned) => poisoned.into_inner().0,
+                },
+                None => self
+                    .changed
+                    .wait(wheel)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            };
+        }
+    }
 }
