@@ -716,12 +716,70 @@ impl<C: LockConnection> AdvisoryLock<C> {
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
         (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
-        let limit = self.options.get_operation_timeout();
+        let bound = Some(self.options.get_operation_timeout());
+        self.fetch_optional(effect, sql, args, bound)
+            .await?
+            .ok_or(Error::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Sends a statement and reads its value, if it returns a row, waiting at most
+    /// `bound` (`None`: a deliberate unbounded wait for a lock).
+    async fn fetch_optional<T>(
+        &mut self,
+        effect: Effect,
+        sql: &'static str,
+        args: PgArguments,
+        bound: Option<Duration>,
+    ) -> Result<Option<T>>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
         let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_scalar_with(sql, args).fetch_one(statement.conn()?);
-        match timer::timeout(limit, query).await {
+        let query = sqlx::query_scalar_with(sql, args).fetch_optional(statement.conn()?);
+        let answer = match bound {
+            Some(limit) => timer::timeout(limit, query).await,
+            None => Some(query.await),
+        };
+        match answer {
             Some(result) => statement.finish(result),
-            None => Err(statement.unanswered(limit)),
+            None => Err(statement.unanswered(bound.unwrap_or_default())),
+        }
+    }
+
+    /// Runs an exclusive acquisition that also returns a value in the same statement (a
+    /// fencing token); no row means not acquired. `blocking` waits without bound.
+    ///
+    /// If the statement fails after the grant (say, the token table is missing), the
+    /// session would hold a level nobody counted: it is found in `pg_locks` and released.
+    pub(crate) async fn acquire_exclusive_returning(
+        &mut self,
+        sql: KeyedSql,
+        args: PgArguments,
+        blocking: bool,
+    ) -> Result<Option<i64>> {
+        self.open_session().await?;
+        let bound = (!blocking).then(|| self.options.get_operation_timeout());
+        let had_exclusive = self.exclusive > 0;
+        match self
+            .fetch_optional(Effect::Write, sql.for_key(self.key), args, bound)
+            .await
+        {
+            Ok(Some(value)) => {
+                self.exclusive += 1;
+                Ok(Some(value))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                if !had_exclusive
+                    && self.state == State::Ready
+                    && self.held_in_pg_locks(Some(LockMode::Exclusive)).await?
+                {
+                    self.exclusive += 1;
+                    self.unlock().await?;
+                }
+                Err(err)
+            }
         }
     }
 

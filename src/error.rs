@@ -102,6 +102,21 @@ pub enum Error {
         after: std::time::Duration,
     },
 
+    /// A fenced write carried an older token than the newest issued for its key: another
+    /// holder has acquired the lock since. See [`fencing`](crate::fencing).
+    #[error(
+        "fencing token {token} for advisory lock {key} is stale (the newest is {current}): \
+         another holder acquired the lock since; abandon this write"
+    )]
+    StaleToken {
+        /// The lock's key.
+        key: LockKey,
+        /// The token the write carried.
+        token: i64,
+        /// The newest token issued for the key (0 if none was).
+        current: i64,
+    },
+
     /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
     #[error(
         "acquiring advisory lock {key} would deadlock with another session (SQLSTATE 40P01); \

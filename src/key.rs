@@ -80,6 +80,31 @@ impl LockKey {
             ),
         }
     }
+
+    /// The key `pg_locks` shows as `(classid, objid, objsubid)`: the inverse of
+    /// [`pg_locks_ids`](Self::pg_locks_ids). `None` for an `objsubid` that is not an
+    /// advisory key space (1 or 2).
+    ///
+    /// ```
+    /// use pglock::LockKey;
+    /// for key in [LockKey::BigInt(-5), LockKey::IntPair(i32::MIN, -1)] {
+    ///     let (classid, objid, objsubid) = key.pg_locks_ids();
+    ///     assert_eq!(LockKey::from_pg_locks_ids(classid, objid, objsubid), Some(key));
+    /// }
+    /// ```
+    pub fn from_pg_locks_ids(classid: u32, objid: u32, objsubid: i16) -> Option<Self> {
+        match objsubid {
+            1 => {
+                let bits = (u64::from(classid) << 32) | u64::from(objid);
+                Some(LockKey::BigInt(i64::from_ne_bytes(bits.to_ne_bytes())))
+            }
+            2 => Some(LockKey::IntPair(
+                i32::from_ne_bytes(classid.to_ne_bytes()),
+                i32::from_ne_bytes(objid.to_ne_bytes()),
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl From<i64> for LockKey {

@@ -43,6 +43,7 @@
 //! | `runtime-tokio` | `sqlx/runtime-tokio` |
 //! | `runtime-async-std` | `sqlx/runtime-async-std` |
 //! | `runtime-smol` | `sqlx/runtime-smol` |
+//! | `migrate` | `sqlx/migrate`, and `pglock::migrate()` for the fencing-token table |
 //! | `tls-native-tls`, `tls-rustls`, `tls-rustls-ring-webpki`, `tls-rustls-ring-native-roots`, `tls-rustls-aws-lc-rs` | the sqlx feature of the same name |
 
 #![forbid(unsafe_code)]
@@ -50,10 +51,14 @@
 
 mod advisory;
 mod error;
+pub mod fencing;
 mod guard;
+pub mod inspect;
 mod key;
 mod lock;
 pub mod memory;
+#[cfg(feature = "migrate")]
+pub mod migrate;
 mod options;
 mod scoped;
 mod sql;
@@ -65,5 +70,7 @@ pub use error::{Error, LockMode, Result};
 pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
 pub use lock::{DistributedLock, LockProvider};
+#[cfg(feature = "migrate")]
+pub use migrate::migrate;
 pub use options::LockOptions;
 pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};

@@ -226,3 +226,55 @@ pub(crate) const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT pglock_acq
 /// Sets `statement_timeout` for the rest of the current transaction (`$1`, ms as text).
 pub(crate) const SET_LOCAL_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, true)";
+
+/// Takes the exclusive level, then bumps the key's fencing token (`$n`: the key's text
+/// form) and returns it, in one statement. The materialized CTE runs the acquisition
+/// before the upsert reads its row.
+pub(crate) const LOCK_FENCED: KeyedSql = KeyedSql {
+    bigint: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1)) \
+        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $2, 1 FROM acquired \
+        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+        RETURNING t.token",
+    pair: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1, $2)) \
+        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $3, 1 FROM acquired \
+        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+        RETURNING t.token",
+};
+
+/// [`LOCK_FENCED`] without waiting: no row (and no token used) if the key is taken.
+pub(crate) const TRY_LOCK_FENCED: KeyedSql = KeyedSql {
+    bigint: "WITH acquired AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok) \
+        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+        SELECT $2, 1 FROM acquired WHERE acquired.ok \
+        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+        RETURNING t.token",
+    pair: "WITH acquired AS MATERIALIZED (SELECT pg_try_advisory_lock($1, $2) AS ok) \
+        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+        SELECT $3, 1 FROM acquired WHERE acquired.ok \
+        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+        RETURNING t.token",
+};
+
+/// The key's newest fencing token, share-locking its row until the caller's transaction
+/// ends, so no newer token is issued before the fenced write commits.
+pub(crate) const CURRENT_TOKEN: &str =
+    "SELECT token FROM pglock_fencing_tokens WHERE lock_key = $1 FOR SHARE";
+
+/// Every advisory lock in the current database with its session's activity, holders
+/// first, then waiters in arrival order; `$1..$3` (nullable) narrow it to one key as
+/// `pg_locks` shows it. `waitstart` (PostgreSQL 14+) is read through `to_jsonb` so that
+/// older servers answer with NULL instead of failing.
+pub(crate) const ADVISORY_LOCKS: &str = "SELECT l.classid::bigint AS classid, \
+        l.objid::bigint AS objid, l.objsubid, l.pid, l.mode, l.granted, \
+        EXTRACT(EPOCH FROM clock_timestamp() - w.wait_start)::float8 AS waiting_secs, \
+        w.wait_start::text AS wait_start, a.application_name, \
+        host(a.client_addr) AS client_addr, \
+        EXTRACT(EPOCH FROM clock_timestamp() - a.query_start)::float8 AS query_secs, a.state \
+    FROM pg_catalog.pg_locks AS l \
+    CROSS JOIN LATERAL (SELECT (to_jsonb(l) ->> 'waitstart')::timestamptz AS wait_start) AS w \
+    LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid \
+    WHERE l.locktype = 'advisory' \
+      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+      AND ($1::bigint IS NULL OR (l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid \
+           AND l.objsubid = $3::int2)) \
+    ORDER BY l.granted DESC, w.wait_start NULLS FIRST, l.pid";
