@@ -74,3 +74,8 @@ pub use lock::{DistributedLock, LockProvider};
 pub use migrate::migrate;
 pub use options::LockOptions;
 pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};
+
+/// The README's code samples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
