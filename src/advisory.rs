@@ -44,7 +44,10 @@
 //!   cannot be ended by us: `Interrupted`.
 //!
 //! Dropping the lock while it holds levels, or with a statement in flight, does the same
-//! for an owned connection ([`LockConnection::discard_on_drop`]). A borrowed connection
+//! for an owned connection ([`LockConnection::discard_on_drop`]); so does dropping it
+//! after it changed the session's settings (see [`LockOptions`]), which only an awaited
+//! [`close`](AdvisoryLock::close) can put back: close a lock to hand its connection back
+//! to the pool for reuse. A borrowed connection
 //! stays with its owner, and so do the levels on it (the owner's session, the owner's
 //! locks).
 
@@ -107,8 +110,15 @@ impl<T: AsMut<PgConnection> + Send + ?Sized> LockConnection for &mut T {}
 enum State {
     Ready,
     InFlight(Effect),
-    Disconnected { unreported_loss: bool },
+    Disconnected {
+        unreported_loss: bool,
+    },
     Interrupted,
+    /// Statements ran on two server sessions: a transaction-pooling proxy is in between.
+    NotPinned {
+        first: i32,
+        now: i32,
+    },
     Closed,
 }
 
@@ -128,6 +138,8 @@ struct SessionFacts {
     configured: bool,
     /// The session's `statement_timeout` in ms, once read.
     statement_timeout_ms: Option<i64>,
+    /// The server session (`pg_backend_pid()`) every statement must run on.
+    backend_pid: Option<i32>,
 }
 
 /// Levels whose release was asked for synchronously (a guard's drop) and is still owed.
@@ -416,7 +428,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
     pub async fn close(&mut self) -> Result<()> {
         match self.state {
             State::Closed => return Ok(()),
-            State::Interrupted => {
+            State::Interrupted | State::NotPinned { .. } => {
                 self.state = State::Closed;
                 return Ok(());
             }
@@ -455,7 +467,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
     async fn acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
         self.open_session().await?;
         let args = key_args(self.key)?;
-        self.execute(Effect::Write, sql.for_key(self.key), args, None)
+        let _: Option<bool> = self
+            .fetch_optional(Effect::Write, sql.for_key(self.key), args, None)
             .await?;
         *self.levels_mut(mode) += 1;
         Ok(())
@@ -486,13 +499,9 @@ impl<C: LockConnection> AdvisoryLock<C> {
         let lifted = self.lift_statement_timeout(millis).await?;
         let mut args = key_args(self.key)?;
         add(&mut args, format!("{millis}ms"))?;
-        let outcome = self
-            .execute(
-                Effect::Write,
-                timed.for_key(self.key),
-                args,
-                Some(timeout.saturating_add(self.options.get_operation_timeout())),
-            )
+        let bound = timeout.saturating_add(self.options.get_operation_timeout());
+        let outcome: Result<Option<bool>> = self
+            .fetch_optional(Effect::Write, timed.for_key(self.key), args, Some(bound))
             .await;
         if let Some(previous) = lifted
             && self.state == State::Ready
@@ -500,7 +509,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             self.set_statement_timeout(previous).await?;
         }
         let acquired = match outcome {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(Error::Database(err))
                 if error::sqlstate(&err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
             {
@@ -618,7 +627,9 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 self.abandon(Effect::Write);
                 return Err(self.unusable_session_error());
             }
-            State::Closed | State::Interrupted => return Err(self.unusable_session_error()),
+            State::Closed | State::Interrupted | State::NotPinned { .. } => {
+                return Err(self.unusable_session_error());
+            }
             State::Disconnected {
                 unreported_loss: true,
             } => {
@@ -689,32 +700,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
-    /// Sends a statement whose answer is not needed, waiting at most `bound` for it
-    /// (`None`: a deliberate unbounded wait for a lock).
-    async fn execute(
-        &mut self,
-        effect: Effect,
-        sql: &'static str,
-        args: PgArguments,
-        bound: Option<Duration>,
-    ) -> Result<()> {
-        let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_with(sql, args).execute(statement.conn()?);
-        let answer = match bound {
-            Some(limit) => timer::timeout(limit, query).await,
-            None => Some(query.await),
-        };
-        match answer {
-            Some(result) => statement.finish(result.map(drop)),
-            None => Err(statement.unanswered(bound.unwrap_or_default())),
-        }
-    }
-
     /// Sends a statement and reads its one value, waiting at most the operation timeout.
     async fn fetch<T>(&mut self, effect: Effect, sql: &'static str, args: PgArguments) -> Result<T>
     where
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
         let bound = Some(self.options.get_operation_timeout());
         self.fetch_optional(effect, sql, args, bound)
@@ -733,10 +722,9 @@ impl<C: LockConnection> AdvisoryLock<C> {
     ) -> Result<Option<T>>
     where
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
         let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_scalar_with(sql, args).fetch_optional(statement.conn()?);
+        let query = sqlx::query_as_with(sql, args).fetch_optional(statement.conn()?);
         let answer = match bound {
             Some(limit) => timer::timeout(limit, query).await,
             None => Some(query.await),
@@ -814,11 +802,34 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
+    /// A session lock needs every statement on one server session. The first statement
+    /// records which; any other means a transaction-pooling proxy (PgBouncer) moves the
+    /// connection between server sessions, where session locks cannot work.
+    fn check_pinned(&mut self, pid: i32) -> Result<()> {
+        match self.facts.backend_pid {
+            None => {
+                self.facts.backend_pid = Some(pid);
+                Ok(())
+            }
+            Some(first) if first == pid => Ok(()),
+            Some(first) => {
+                self.end_session();
+                self.state = State::NotPinned { first, now: pid };
+                Err(self.unusable_session_error())
+            }
+        }
+    }
+
     /// Why a lock in its current state cannot run a statement.
     fn unusable_session_error(&mut self) -> Error {
         match self.state {
             State::Closed => Error::Closed,
             State::Interrupted => Error::Interrupted { key: self.key },
+            State::NotPinned { first, now } => Error::SessionNotPinned {
+                key: self.key,
+                first_pid: first,
+                pid: now,
+            },
             State::Disconnected {
                 unreported_loss: true,
             } => {
@@ -891,9 +902,17 @@ impl<'a, C: LockConnection> InFlight<'a, C> {
     }
 
     /// The answer arrived: the session is idle again; errors become ours.
-    fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<T> {
+    /// Also checks that the statement ran on the session's server session.
+    fn finish<T>(self, result: Result<Option<(T, i32)>, sqlx::Error>) -> Result<Option<T>> {
         self.lock.state = State::Ready;
-        result.map_err(|err| self.lock.classify(err))
+        match result {
+            Ok(Some((value, pid))) => {
+                self.lock.check_pinned(pid)?;
+                Ok(Some(value))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => Err(self.lock.classify(err)),
+        }
     }
 }
 
@@ -914,8 +933,10 @@ fn pg_locks_mode(mode: LockMode) -> &'static str {
 
 impl<C: LockConnection> Drop for AdvisoryLock<C> {
     fn drop(&mut self) {
+        // Levels or a pending statement would pass to the pool's next borrower, and so
+        // would our session settings, which only an awaited `close` can put back.
         let in_flight = matches!(self.state, State::InFlight(_));
-        if (self.holds_levels() || in_flight)
+        if (self.holds_levels() || in_flight || self.facts.configured)
             && let Some(conn) = self.conn.as_mut()
         {
             conn.discard_on_drop();

@@ -117,6 +117,24 @@ pub enum Error {
         current: i64,
     },
 
+    /// The lock's statements ran on two different server sessions: the connection goes
+    /// through a transaction-pooling proxy (PgBouncer in `pool_mode = transaction`), where
+    /// a session lock cannot work. The lock ended its connection and will not be used again.
+    #[error(
+        "the statements of the lock on {key} ran on two server sessions (backend pids \
+         {first_pid} and {pid}): the connection goes through a transaction-pooling proxy \
+         such as PgBouncer, where session locks do not work; use transaction-scoped locks \
+         (pglock::xact) there, or connect directly or through a session-pooling proxy"
+    )]
+    SessionNotPinned {
+        /// The lock's key.
+        key: LockKey,
+        /// The server session the lock's first statement ran on.
+        first_pid: i32,
+        /// The server session a later statement ran on.
+        pid: i32,
+    },
+
     /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
     #[error(
         "acquiring advisory lock {key} would deadlock with another session (SQLSTATE 40P01); \

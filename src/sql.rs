@@ -3,6 +3,11 @@
 //! Each is a constant with bound parameters; nothing is ever formatted into SQL. The
 //! `bigint` and int-pair key spaces need different function signatures, so most
 //! statements come as a [`KeyedSql`] pair and [`KeyedSql::for_key`] picks one.
+//!
+//! Every statement an `AdvisoryLock` sends on its session returns two columns: its value
+//! and `pg_backend_pid()`, the server session that ran it. A session lock is only a lock
+//! while every statement runs on the same server session; a transaction-pooling proxy
+//! (PgBouncer) moves them between sessions, and the lock notices at once.
 
 use std::time::Duration;
 
@@ -58,38 +63,40 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> i64 {
 
 /// Blocks until the exclusive level is granted.
 pub(crate) const LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_lock($1)",
-    pair: "SELECT pg_advisory_lock($1, $2)",
+    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1) OFFSET 0) AS l",
+    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1, $2) OFFSET 0) AS l",
 };
 
 /// Blocks until the shared level is granted.
 pub(crate) const LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_lock_shared($1)",
-    pair: "SELECT pg_advisory_lock_shared($1, $2)",
+    bigint: "SELECT true, pg_backend_pid() \
+        FROM (SELECT pg_advisory_lock_shared($1) OFFSET 0) AS l",
+    pair: "SELECT true, pg_backend_pid() \
+        FROM (SELECT pg_advisory_lock_shared($1, $2) OFFSET 0) AS l",
 };
 
 /// Takes the exclusive level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_lock($1)",
-    pair: "SELECT pg_try_advisory_lock($1, $2)",
+    bigint: "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+    pair: "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
 };
 
 /// Takes the shared level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_lock_shared($1)",
-    pair: "SELECT pg_try_advisory_lock_shared($1, $2)",
+    bigint: "SELECT pg_try_advisory_lock_shared($1), pg_backend_pid()",
+    pair: "SELECT pg_try_advisory_lock_shared($1, $2), pg_backend_pid()",
 };
 
 /// Releases one exclusive level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_unlock($1)",
-    pair: "SELECT pg_advisory_unlock($1, $2)",
+    bigint: "SELECT pg_advisory_unlock($1), pg_backend_pid()",
+    pair: "SELECT pg_advisory_unlock($1, $2), pg_backend_pid()",
 };
 
 /// Releases one shared level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_unlock_shared($1)",
-    pair: "SELECT pg_advisory_unlock_shared($1, $2)",
+    bigint: "SELECT pg_advisory_unlock_shared($1), pg_backend_pid()",
+    pair: "SELECT pg_advisory_unlock_shared($1, $2), pg_backend_pid()",
 };
 
 /// Releases exactly the levels this lock holds (`$n` exclusive, `$n+1` shared) in one
@@ -98,11 +105,11 @@ pub(crate) const UNLOCK_SHARED: KeyedSql = KeyedSql {
 pub(crate) const UNLOCK_LEVELS: KeyedSql = KeyedSql {
     // Both counts are computed in the subquery, so neither unlock can be skipped by
     // AND short-circuiting.
-    bigint: "SELECT released.exclusive = $2 AND released.shared = $3 FROM (SELECT \
+    bigint: "SELECT released.exclusive = $2 AND released.shared = $3, pg_backend_pid() FROM (SELECT \
         (SELECT count(*) FROM generate_series(1, $2) WHERE pg_advisory_unlock($1)) AS exclusive, \
         (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock_shared($1)) AS shared \
         OFFSET 0) AS released",
-    pair: "SELECT released.exclusive = $3 AND released.shared = $4 FROM (SELECT \
+    pair: "SELECT released.exclusive = $3 AND released.shared = $4, pg_backend_pid() FROM (SELECT \
         (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock($1, $2)) AS exclusive, \
         (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock_shared($1, $2)) AS shared \
         OFFSET 0) AS released",
@@ -112,7 +119,7 @@ pub(crate) const UNLOCK_LEVELS: KeyedSql = KeyedSql {
 /// not our counters. Binds the key as `pg_locks` shows it (see `LockKey::pg_locks_ids`).
 pub(crate) const IS_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
-     AND classid = $1 AND objid = $2 AND objsubid = $3)";
+     AND classid = $1 AND objid = $2 AND objsubid = $3), pg_backend_pid()";
 
 /// Waits at most `$n` (a `lock_timeout` value such as `'250ms'`) for the exclusive level,
 /// in one round trip: the subquery sets `lock_timeout` for this statement's own implicit
@@ -120,51 +127,58 @@ pub(crate) const IS_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_loc
 /// it away), and the outer select puts the previous value back, which matters when the
 /// caller's session is inside a transaction block. Fails with SQLSTATE 55P03 on timeout.
 pub(crate) const TRY_LOCK_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_lock($1), set_config('lock_timeout', s.previous, true) \
+    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1), \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
-    pair: "SELECT pg_advisory_lock($1, $2), set_config('lock_timeout', s.previous, true) \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s OFFSET 0) AS l",
+    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1, $2), \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s OFFSET 0) AS l",
 };
 
 /// [`TRY_LOCK_FOR`] for the shared level.
 pub(crate) const TRY_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_lock_shared($1), set_config('lock_timeout', s.previous, true) \
+    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock_shared($1), \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $2, true) OFFSET 0) AS s",
-    pair: "SELECT pg_advisory_lock_shared($1, $2), set_config('lock_timeout', s.previous, true) \
+              set_config('lock_timeout', $2, true) OFFSET 0) AS s OFFSET 0) AS l",
+    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock_shared($1, $2), \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s OFFSET 0) AS l",
 };
 
 /// [`IS_HELD`] for one mode (`$4`: `'ExclusiveLock'` or `'ShareLock'`): after a lock
 /// timeout, whether the grant raced the timeout and the session holds the level anyway.
 pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
-     AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4)";
+     AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4), pg_backend_pid()";
 
 /// The session's `statement_timeout` in milliseconds (0: none). Read once per session:
 /// a statement's own timeout is armed when it starts, so a timed wait longer than it
 /// must lift it with a statement of its own first.
-pub(crate) const STATEMENT_TIMEOUT_MS: &str =
-    "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'";
+pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT setting::bigint, pg_backend_pid() FROM pg_catalog.pg_settings \
+     WHERE name = 'statement_timeout'";
 
 /// Sets the session's `statement_timeout` (`$1`, in milliseconds as text).
-pub(crate) const SET_STATEMENT_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, false)";
+pub(crate) const SET_STATEMENT_TIMEOUT: &str =
+    "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
 
 /// Session hygiene for a session the lock owns: names it (`$1`), keeps idle killers from
 /// silently ending a session that holds locks, and lets the server notice a vanished
 /// client even while it waits for a lock (`$2`). Settings the server does not have
 /// (before PostgreSQL 14) are skipped rather than failing.
-pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.value, false)) \
+pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.value, false)), \
+     pg_backend_pid() \
      FROM (VALUES ('application_name', $1), ('idle_session_timeout', '0'), \
                   ('idle_in_transaction_session_timeout', '0'), \
                   ('client_connection_check_interval', $2)) AS v(name, value) \
      WHERE v.name IN (SELECT name FROM pg_catalog.pg_settings)";
 
 /// Undoes [`CONFIGURE_SESSION`] before a pool connection goes back to its pool.
-pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)) \
+pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)), \
+     pg_backend_pid() \
      FROM pg_catalog.pg_settings WHERE name IN ('application_name', 'idle_session_timeout', \
      'idle_in_transaction_session_timeout', 'client_connection_check_interval')";
 
@@ -234,11 +248,11 @@ pub(crate) const LOCK_FENCED: KeyedSql = KeyedSql {
     bigint: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1)) \
         INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $2, 1 FROM acquired \
         ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token",
+        RETURNING t.token, pg_backend_pid()",
     pair: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1, $2)) \
         INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $3, 1 FROM acquired \
         ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token",
+        RETURNING t.token, pg_backend_pid()",
 };
 
 /// [`LOCK_FENCED`] without waiting: no row (and no token used) if the key is taken.
@@ -247,12 +261,12 @@ pub(crate) const TRY_LOCK_FENCED: KeyedSql = KeyedSql {
         INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
         SELECT $2, 1 FROM acquired WHERE acquired.ok \
         ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token",
+        RETURNING t.token, pg_backend_pid()",
     pair: "WITH acquired AS MATERIALIZED (SELECT pg_try_advisory_lock($1, $2) AS ok) \
         INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
         SELECT $3, 1 FROM acquired WHERE acquired.ok \
         ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token",
+        RETURNING t.token, pg_backend_pid()",
 };
 
 /// The key's newest fencing token, share-locking its row until the caller's transaction
