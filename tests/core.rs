@@ -2,6 +2,10 @@
 //! pglock's API: exclusive and shared, blocking and try, stacking, keys, misuse, close,
 //! and the connections sqlx hands out. Every claim about who holds what is checked in
 //! `pg_locks` from another session, not only through the lock's own answers.
+//!
+//! Each test body is boxed (`rt::run(Box::pin(async { .. }))`): in debug builds
+//! async-std's `block_on` keeps several copies of the body's future in its stack frames,
+//! and unboxed bodies overflowed the test thread's 2 MiB stack.
 
 mod support;
 
@@ -38,7 +42,7 @@ async fn holder(key: LockKey) -> i32 {
 
 #[test]
 fn second_session_cannot_take_a_held_key_until_release() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("second_session_cannot_take_a_held_key_until_release");
         let mut first = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -65,12 +69,12 @@ fn second_session_cannot_take_a_held_key_until_release() {
         assert!(support::holders(key).await.is_empty());
         first.close().await.unwrap();
         second.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn eight_stacked_exclusive_levels_need_eight_unlocks_before_another_session_gets_the_key() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("eight_stacked_exclusive_levels_need_eight_unlocks");
         let mut stacked = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -111,12 +115,12 @@ fn eight_stacked_exclusive_levels_need_eight_unlocks_before_another_session_gets
         other.unlock().await.unwrap();
         stacked.close().await.unwrap();
         other.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn negative_keys_lock_exclude_and_show_in_pg_locks_as_the_server_computes_them() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let unique = match support::key("negative_keys_lock") {
             LockKey::BigInt(k) => k | i64::MIN,
@@ -170,7 +174,7 @@ fn negative_keys_lock_exclude_and_show_in_pg_locks_as_the_server_computes_them()
             lock.close().await.unwrap();
             other.close().await.unwrap();
         }
-    });
+    }));
 }
 
 /// Spawns `lock.lock()` (or `lock_shared()`), checks that it really waits in `pg_locks`
@@ -248,29 +252,29 @@ async fn blocking_acquire_waits_for_the_holder(test: &str, holder_mode: LockMode
 
 #[test]
 fn blocking_lock_waits_while_another_session_holds_then_acquires_on_release() {
-    rt::run(blocking_acquire_waits_for_the_holder(
+    rt::run(Box::pin(blocking_acquire_waits_for_the_holder(
         "blocking_lock_waits_while_another_session_holds",
         LockMode::Exclusive,
         LockMode::Exclusive,
-    ));
+    )));
 }
 
 #[test]
 fn blocking_lock_waits_for_a_shared_holder_then_acquires_on_release() {
-    rt::run(blocking_acquire_waits_for_the_holder(
+    rt::run(Box::pin(blocking_acquire_waits_for_the_holder(
         "blocking_lock_waits_for_a_shared_holder",
         LockMode::Shared,
         LockMode::Exclusive,
-    ));
+    )));
 }
 
 #[test]
 fn blocking_lock_shared_waits_for_an_exclusive_holder_then_acquires_on_release() {
-    rt::run(blocking_acquire_waits_for_the_holder(
+    rt::run(Box::pin(blocking_acquire_waits_for_the_holder(
         "blocking_lock_shared_waits_for_an_exclusive_holder",
         LockMode::Exclusive,
         LockMode::Shared,
-    ));
+    )));
 }
 
 /// Go's `TestLock_BlockingWithContextCancel`: a wait given up (here: the `lock()` future
@@ -278,7 +282,7 @@ fn blocking_lock_shared_waits_for_an_exclusive_holder_then_acquires_on_release()
 /// when code writes `timeout(d, lock.lock())` and carries on.
 #[test]
 fn a_blocking_lock_given_up_by_timeout_does_not_take_the_key_later() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("a_blocking_lock_given_up_by_timeout");
         let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -301,12 +305,12 @@ fn a_blocking_lock_given_up_by_timeout_does_not_take_the_key_later() {
         assert!(support::holders(key).await.is_empty());
         holding.close().await.unwrap();
         drop(gave_up);
-    });
+    }));
 }
 
 #[test]
 fn eight_sessions_hold_the_shared_lock_at_once() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(10).await;
         let key = support::key("eight_sessions_hold_the_shared_lock_at_once");
         let mut locks = Vec::new();
@@ -347,12 +351,12 @@ fn eight_sessions_hold_the_shared_lock_at_once() {
         for mut lock in locks {
             lock.close().await.unwrap();
         }
-    });
+    }));
 }
 
 #[test]
 fn exclusive_holder_blocks_shared_and_shared_holder_blocks_exclusive() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("exclusive_holder_blocks_shared_and_shared_holder_blocks");
         let mut a = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -386,12 +390,12 @@ fn exclusive_holder_blocks_shared_and_shared_holder_blocks_exclusive() {
         assert!(support::holders(key).await.is_empty());
         a.close().await.unwrap();
         b.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn one_session_holds_shared_and_exclusive_together_and_counts_them_apart() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("one_session_holds_shared_and_exclusive_together");
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -450,12 +454,12 @@ fn one_session_holds_shared_and_exclusive_together_and_counts_them_apart() {
 
         lock.close().await.unwrap();
         other.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn five_shared_readers_hold_the_key_concurrently() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(8).await;
         let key = support::key("five_shared_readers_hold_the_key_concurrently");
         let mut locks = Vec::new();
@@ -499,12 +503,12 @@ fn five_shared_readers_hold_the_key_concurrently() {
             most_inside.load(Ordering::SeqCst)
         );
         assert!(support::holders(key).await.is_empty());
-    });
+    }));
 }
 
 #[test]
 fn exclusive_lock_serialises_read_modify_write_of_sixteen_tasks() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(20).await;
         let key = support::key("exclusive_lock_serialises_read_modify_write");
         let table = support::unique_table("pglock_counter");
@@ -567,12 +571,12 @@ fn exclusive_lock_serialises_read_modify_write_of_sixteen_tasks() {
             .unwrap();
         assert_eq!(n, 16, "lost updates: the exclusive lock did not serialise");
         assert!(support::holders(key).await.is_empty());
-    });
+    }));
 }
 
 #[test]
 fn different_keys_are_independent() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let one = support::key("different_keys_are_independent/one");
         let two = support::key("different_keys_are_independent/two");
@@ -599,12 +603,12 @@ fn different_keys_are_independent() {
         b.unlock().await.unwrap();
         a.close().await.unwrap();
         b.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn int_pair_key_never_collides_with_the_bigint_of_the_same_bits() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let pair = support::pair_key("int_pair_key_never_collides_with_the_bigint");
         let LockKey::IntPair(a, b) = pair else {
@@ -646,12 +650,12 @@ fn int_pair_key_never_collides_with_the_bigint_of_the_same_bits() {
 
         big.close().await.unwrap();
         pair_lock.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn unlock_with_nothing_held_is_not_held_with_key_and_mode_and_changes_nothing() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         for key in [
             support::key("unlock_with_nothing_held_is_not_held"),
@@ -682,12 +686,12 @@ fn unlock_with_nothing_held_is_not_held_with_key_and_mode_and_changes_nothing() 
             assert!(support::holders(key).await.is_empty());
             lock.close().await.unwrap();
         }
-    });
+    }));
 }
 
 #[test]
 fn close_releases_every_level_then_every_operation_is_closed_and_close_again_is_ok() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("close_releases_every_level_then_every_operation_is_closed");
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -736,12 +740,12 @@ fn close_releases_every_level_then_every_operation_is_closed_and_close_again_is_
         lock.close().await.expect("a second close is Ok");
         lock.close().await.expect("a third close is Ok");
         assert!(is_closed(&lock.try_lock().await));
-    });
+    }));
 }
 
 #[test]
 fn close_of_a_lock_that_holds_nothing_is_ok_and_closes_it() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("close_of_a_lock_that_holds_nothing");
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -753,12 +757,12 @@ fn close_of_a_lock_that_holds_nothing_is_ok_and_closes_it() {
             "Closed, not NotHeld, after close"
         );
         lock.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn is_held_follows_pg_locks() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("is_held_follows_pg_locks");
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
@@ -805,7 +809,7 @@ fn is_held_follows_pg_locks() {
 
         lock.close().await.unwrap();
         other.close().await.unwrap();
-    });
+    }));
 }
 
 /// What application code does with the trait object.
@@ -820,7 +824,7 @@ async fn exclusive_section(lock: &mut dyn DistributedLock) -> pglock::Result<boo
 
 #[test]
 fn boxed_dyn_distributed_lock_works_and_reports_its_key() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("boxed_dyn_distributed_lock_works");
         let mut conn = support::connect().await;
@@ -886,7 +890,7 @@ fn boxed_dyn_distributed_lock_works_and_reports_its_key() {
             lock.close().await.unwrap();
             assert!(support::holders(key).await.is_empty());
         }
-    });
+    }));
 }
 
 /// Takes and releases both modes through `lock`, checking in `pg_locks` that the levels
@@ -919,7 +923,7 @@ async fn lock_and_unlock_on<C: LockConnection>(lock: &mut AdvisoryLock<C>, pid: 
 
 #[test]
 fn with_connection_over_a_borrowed_pg_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let key = support::key("with_connection_over_a_borrowed_pg_connection");
         let mut conn: PgConnection = support::connect().await;
         let pid = support::backend_pid(&mut conn).await;
@@ -935,12 +939,12 @@ fn with_connection_over_a_borrowed_pg_connection_locks_on_that_session() {
         // The connection is the caller's again, and still works.
         assert_eq!(support::backend_pid(&mut conn).await, pid);
         conn.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn with_connection_over_a_borrowed_pool_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
         let key = support::key("with_connection_over_a_borrowed_pool_connection");
         let mut conn: sqlx::pool::PoolConnection<sqlx::Postgres> = pool.acquire().await.unwrap();
@@ -951,12 +955,12 @@ fn with_connection_over_a_borrowed_pool_connection_locks_on_that_session() {
         drop(lock);
         assert_eq!(support::backend_pid(&mut conn).await, pid);
         assert_eq!(support::advisory_locks_of(pid).await, 0);
-    });
+    }));
 }
 
 #[test]
 fn with_connection_over_an_owned_pg_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let key = support::key("with_connection_over_an_owned_pg_connection");
         let mut conn: PgConnection = support::connect().await;
         let pid = support::backend_pid(&mut conn).await;
@@ -965,12 +969,12 @@ fn with_connection_over_an_owned_pg_connection_locks_on_that_session() {
         assert!(lock.try_lock_shared().await.unwrap());
         lock.close().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-    });
+    }));
 }
 
 #[test]
 fn with_connection_over_an_owned_pool_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
         let key = support::key("with_connection_over_an_owned_pool_connection");
         let mut conn = pool.acquire().await.unwrap();
@@ -981,12 +985,12 @@ fn with_connection_over_an_owned_pool_connection_locks_on_that_session() {
         lock.close().await.unwrap();
         assert!(support::holders(key).await.is_empty());
         assert_eq!(support::advisory_locks_of(pid).await, 0);
-    });
+    }));
 }
 
 #[test]
 fn with_connection_over_a_borrowed_transaction_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
         let key = support::key("with_connection_over_a_borrowed_transaction");
         let mut tx = pool.begin().await.unwrap();
@@ -1003,12 +1007,12 @@ fn with_connection_over_a_borrowed_transaction_locks_on_that_session() {
         assert_eq!(one, 1);
         tx.commit().await.unwrap();
         assert_eq!(support::advisory_locks_of(pid).await, 0);
-    });
+    }));
 }
 
 #[test]
 fn from_acquire_over_a_pool_takes_a_dedicated_connection() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
         let key = support::key("from_acquire_over_a_pool");
         let mut lock = AdvisoryLock::from_acquire(&pool, key).await.unwrap();
@@ -1022,12 +1026,12 @@ fn from_acquire_over_a_pool_takes_a_dedicated_connection() {
         assert_ne!(support::backend_pid(&mut other).await, pid);
         drop(other);
         lock.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn from_acquire_over_a_borrowed_pg_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let key = support::key("from_acquire_over_a_borrowed_pg_connection");
         let mut conn = support::connect().await;
         let pid = support::backend_pid(&mut conn).await;
@@ -1036,12 +1040,12 @@ fn from_acquire_over_a_borrowed_pg_connection_locks_on_that_session() {
         lock.close().await.unwrap();
         drop(lock);
         conn.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn from_acquire_over_a_borrowed_pool_connection_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
         let key = support::key("from_acquire_over_a_borrowed_pool_connection");
         let mut conn = pool.acquire().await.unwrap();
@@ -1051,12 +1055,12 @@ fn from_acquire_over_a_borrowed_pool_connection_locks_on_that_session() {
         lock.close().await.unwrap();
         drop(lock);
         assert_eq!(support::backend_pid(&mut conn).await, pid);
-    });
+    }));
 }
 
 #[test]
 fn from_acquire_over_a_borrowed_transaction_locks_on_that_session() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let key = support::key("from_acquire_over_a_borrowed_transaction");
         let mut conn = support::connect().await;
         let pid = support::backend_pid(&mut conn).await;
@@ -1074,13 +1078,13 @@ fn from_acquire_over_a_borrowed_transaction_locks_on_that_session() {
         nested.commit().await.unwrap();
         tx.rollback().await.unwrap();
         conn.close().await.unwrap();
-    });
+    }));
 }
 
 /// Documented: a session-level lock taken inside a transaction outlives it.
 #[test]
 fn a_level_taken_inside_a_transaction_outlives_its_rollback() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let key = support::key("a_level_taken_inside_a_transaction_outlives_its_rollback");
         let mut conn = support::connect().await;
         let pid = support::backend_pid(&mut conn).await;
@@ -1094,12 +1098,12 @@ fn a_level_taken_inside_a_transaction_outlives_its_rollback() {
         assert!(support::unlock_on(&mut conn, key).await);
         assert!(support::holders(key).await.is_empty());
         conn.close().await.unwrap();
-    });
+    }));
 }
 
 #[test]
 fn hash_matches_the_go_pglock_vectors() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         assert_eq!(hash(""), -3750763034362895579);
         assert_eq!(hash("mylock"), 5745039872434889948);
         assert_eq!(hash("test"), -439409999022904539);
@@ -1112,22 +1116,22 @@ fn hash_matches_the_go_pglock_vectors() {
             LockKey::from_name(""),
             LockKey::BigInt(-3750763034362895579)
         );
-    });
+    }));
 }
 
 #[test]
 fn hash_does_not_normalise_unicode() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let precomposed = "caf\u{e9}-r\u{e9}sum\u{e9}";
         let decomposed = "cafe\u{301}-re\u{301}sume\u{301}";
         assert_ne!(hash(precomposed), hash(decomposed));
         assert_eq!(hash(precomposed), -1084965660865976875);
-    });
+    }));
 }
 
 #[test]
 fn hashed_name_locks_the_same_key_as_its_number() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let name = format!("pglock-tests/hashed_name/{}", std::process::id());
         let mut by_name = AdvisoryLock::new(&pool, LockKey::from_name(&name))
@@ -1139,7 +1143,7 @@ fn hashed_name_locks_the_same_key_as_its_number() {
         by_name.close().await.unwrap();
         assert!(by_number.try_lock().await.unwrap());
         by_number.close().await.unwrap();
-    });
+    }));
 }
 
 /// xorshift64*: a fixed, dependency-free stream of pseudo-random numbers.
@@ -1156,7 +1160,7 @@ impl XorShift {
 
 #[test]
 fn display_and_from_str_round_trip_for_ten_thousand_random_keys_of_both_kinds() {
-    rt::run(async {
+    rt::run(Box::pin(async {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let edges = [
             LockKey::BigInt(0),
@@ -1202,5 +1206,152 @@ fn display_and_from_str_round_trip_for_ten_thousand_random_keys_of_both_kinds() 
             bigints >= 5000 && pairs >= 5000,
             "{bigints} bigints, {pairs} pairs"
         );
-    });
+    }));
+}
+
+#[test]
+fn try_lock_for_gives_up_after_its_timeout_and_takes_nothing() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("try_lock_for_gives_up_after_its_timeout");
+        let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
+        let mut timed = AdvisoryLock::new(&pool, key).await.unwrap();
+        assert!(holding.try_lock().await.unwrap());
+        let holder_pid = holder(key).await;
+
+        for mode in [LockMode::Exclusive, LockMode::Shared] {
+            let start = Instant::now();
+            let got = rt::timeout(WAIT, async {
+                match mode {
+                    LockMode::Exclusive => timed.try_lock_for(Duration::from_millis(300)).await,
+                    LockMode::Shared => timed.try_lock_shared_for(Duration::from_millis(300)).await,
+                }
+            })
+            .await
+            .expect("try_lock_for returns within the wait bound")
+            .unwrap();
+            let waited = start.elapsed();
+            assert!(!got, "{mode}: acquired a key held exclusively elsewhere");
+            assert!(
+                waited >= Duration::from_millis(250),
+                "{mode}: gave up after {waited:?}, before its 300 ms"
+            );
+            assert_eq!((timed.exclusive_levels(), timed.shared_levels()), (0, 0));
+            assert!(
+                support::waiters(key).await.is_empty(),
+                "{mode}: a wait was left"
+            );
+            assert_eq!(support::holders(key).await, vec![holder_pid]);
+            assert!(!timed.is_held().await.unwrap());
+        }
+
+        // A zero timeout is a plain try.
+        assert!(!timed.try_lock_for(Duration::ZERO).await.unwrap());
+        holding.unlock().await.unwrap();
+        assert!(timed.try_lock_for(Duration::ZERO).await.unwrap());
+        assert!(
+            timed
+                .try_lock_shared_for(Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+        assert_eq!((timed.exclusive_levels(), timed.shared_levels()), (1, 1));
+        timed.close().await.unwrap();
+        holding.close().await.unwrap();
+        assert!(support::holders(key).await.is_empty());
+    }));
+}
+
+#[test]
+fn try_lock_for_acquires_when_the_holder_releases_within_the_timeout() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("try_lock_for_acquires_when_the_holder_releases");
+        let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
+        let mut timed = AdvisoryLock::new(&pool, key).await.unwrap();
+
+        for mode in [LockMode::Exclusive, LockMode::Shared] {
+            assert!(holding.try_lock().await.unwrap());
+            let (got, ()) = rt::timeout(
+                WAIT,
+                futures_lite::future::zip(
+                    async {
+                        match mode {
+                            LockMode::Exclusive => timed.try_lock_for(WAIT).await,
+                            LockMode::Shared => timed.try_lock_shared_for(WAIT).await,
+                        }
+                    },
+                    async {
+                        support::eventually(WAIT, "try_lock_for waits in pg_locks", || async {
+                            support::waiters(key).await.len() == 1
+                        })
+                        .await;
+                        holding.unlock().await.unwrap();
+                    },
+                ),
+            )
+            .await
+            .expect("try_lock_for returns after the release");
+            assert!(got.unwrap(), "{mode}: not acquired after the release");
+            let pid = holder(key).await;
+            assert!(timed.is_held().await.unwrap());
+            match mode {
+                LockMode::Exclusive => timed.unlock().await.unwrap(),
+                LockMode::Shared => timed.unlock_shared().await.unwrap(),
+            }
+            assert_eq!(support::advisory_locks_of(pid).await, 0);
+        }
+        timed.close().await.unwrap();
+        holding.close().await.unwrap();
+    }));
+}
+
+#[test]
+fn try_lock_for_leaves_a_borrowed_sessions_timeouts_as_they_were() {
+    rt::run(Box::pin(async {
+        let key = support::key("try_lock_for_leaves_a_borrowed_sessions_timeouts");
+        let mut holder_conn = support::connect().await;
+        assert!(support::try_lock_on(&mut holder_conn, key).await);
+        let mut conn = support::connect().await;
+        sqlx::query("SET statement_timeout = 200")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("SET lock_timeout = 7000")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+
+        let mut lock = AdvisoryLock::with_connection(&mut conn, key);
+        // Longer than the session's statement_timeout: the wait is not cut short by it,
+        // and the lock's own timeout wins over the session's lock_timeout.
+        let start = Instant::now();
+        let got = rt::timeout(WAIT, lock.try_lock_for(Duration::from_millis(600)))
+            .await
+            .expect("try_lock_for returns")
+            .unwrap();
+        assert!(!got);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(550) && waited < Duration::from_secs(5),
+            "waited {waited:?} for a 600 ms timeout"
+        );
+        lock.close().await.unwrap();
+        drop(lock);
+
+        let statement_timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            (statement_timeout.as_str(), lock_timeout.as_str()),
+            ("200ms", "7s")
+        );
+        conn.close().await.unwrap();
+        holder_conn.close().await.unwrap();
+    }));
 }

@@ -220,3 +220,11 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl PrivateCluster {
+    /// The server's log file (what the postmaster and its backends write to stderr).
+    #[allow(dead_code)]
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+}

@@ -202,10 +202,17 @@ pub async fn unlock_on(conn: &mut PgConnection, key: LockKey) -> bool {
 }
 
 /// Whether a brand-new session (outside every pool) can take `key` exclusively right
-/// now. It lets go at once (by closing), so it never holds the key afterwards.
+/// now. It unlocks at once (before closing: a closing backend frees its locks only
+/// when it exits), so it never holds the key afterwards.
 pub async fn free_for_another_session(key: LockKey) -> bool {
     let mut conn = connect().await;
     let took = try_lock_on(&mut conn, key).await;
+    if took {
+        assert!(
+            unlock_on(&mut conn, key).await,
+            "unlock what was just taken"
+        );
+    }
     let _ = conn.close().await;
     took
 }
@@ -248,4 +255,75 @@ pub async fn settled(pool: &PgPool, limit: Duration) {
         || async { pool.num_idle() as u32 == pool.size() },
     )
     .await;
+}
+
+/// A new pool of at most `max` connections on the database at `url` (a private cluster,
+/// say), failing the test if it cannot connect.
+pub async fn pool_at(url: &str, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(20))
+        .connect(url)
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach {url}: {err}"))
+}
+
+/// A new connection outside any pool to the database at `url`.
+pub async fn connect_at(url: &str) -> PgConnection {
+    let options: PgConnectOptions = url.parse().expect("the URL parses");
+    options
+        .disable_statement_logging()
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach {url}: {err}"))
+}
+
+/// `pg_try_advisory_lock_shared` on `key` from `conn`: a shared holder outside pglock.
+pub async fn try_lock_shared_on(conn: &mut PgConnection, key: LockKey) -> bool {
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1)").bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1, $2)")
+            .bind(a)
+            .bind(b),
+    };
+    query
+        .fetch_one(conn)
+        .await
+        .expect("pg_try_advisory_lock_shared")
+}
+
+/// `pg_advisory_unlock_shared` on `key` from `conn`; whether a level was released.
+pub async fn unlock_shared_on(conn: &mut PgConnection, key: LockKey) -> bool {
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_advisory_unlock_shared($1)").bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_advisory_unlock_shared($1, $2)")
+            .bind(a)
+            .bind(b),
+    };
+    query
+        .fetch_one(conn)
+        .await
+        .expect("pg_advisory_unlock_shared")
+}
+
+/// `SHOW name` on `conn`.
+pub async fn show(conn: &mut PgConnection, name: &str) -> String {
+    // SHOW takes no parameters; current_setting does the same and binds the name.
+    sqlx::query_scalar("SELECT current_setting($1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|err| panic!("SHOW {name}: {err}"))
+}
+
+/// `application_name` of the backend `pid`, from `pg_stat_activity` (None: no such backend).
+pub async fn application_name_of(pid: i32) -> Option<String> {
+    let mut conn = connect().await;
+    let name = sqlx::query_scalar("SELECT application_name FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query pg_stat_activity");
+    let _ = conn.close().await;
+    name
 }
