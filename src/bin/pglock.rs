@@ -215,12 +215,6 @@ struct StatusArgs {
 #[derive(Debug)]
 struct Fatal(String);
 
-impl<T: std::fmt::Display> From<T> for Fatal {
-    fn from(message: T) -> Self {
-        Fatal(message.to_string())
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -282,7 +276,7 @@ async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
             };
             let holders = describe_holders(&pool, lock.key, mode).await;
             eprintln!("pglock: lock {lock} is held by {holders}; {why}");
-            pool.close().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), pool.close()).await;
             return Ok(args.conflict_exit_code);
         }
     };
@@ -301,7 +295,7 @@ async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
 }
 
 enum Acquired {
-    Yes(PgPool, AdvisoryLock),
+    Yes(PgPool, Box<AdvisoryLock>),
     No(PgPool),
 }
 
@@ -331,7 +325,7 @@ async fn acquire(
         (LockMode::Shared, false, None) => advisory.lock_shared().await.map(|()| true),
     };
     match result {
-        Ok(true) => Ok(Acquired::Yes(pool, advisory)),
+        Ok(true) => Ok(Acquired::Yes(pool, Box::new(advisory))),
         Ok(false) => {
             let _ = advisory.close().await;
             Ok(Acquired::No(pool))
@@ -811,9 +805,7 @@ mod tests {
         assert_eq!(scrub("bad s3cret here", url), "bad *** here");
         assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact_url("not a url"), "not a url");
-        let db = Database::from_args(Some(url.to_owned()))
-            .ok()
-            .expect("parses");
+        let db = Database::from_args(Some(url.to_owned())).expect("parses");
         assert_eq!(db.shown, "app@db.example:5433/prod");
     }
 
