@@ -449,7 +449,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
         self.conn = None;
         self.state = State::Closed;
-        result
+        match result {
+            // A session that died holding nothing has nothing left to release.
+            Err(Error::Database(err)) if error::session_is_gone(&err) => Ok(()),
+            result => result,
+        }
     }
 
     async fn release_everything(&mut self) -> Result<()> {
