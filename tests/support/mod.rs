@@ -327,3 +327,6 @@ pub async fn application_name_of(pid: i32) -> Option<String> {
     let _ = conn.close().await;
     name
 }
+
+/// A loopback TCP proxy in front of the test database, to cut or silence connections.
+pub mod proxy;
