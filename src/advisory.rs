@@ -762,15 +762,29 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 Ok(Some(value))
             }
             Ok(None) => Ok(None),
-            Err(err) => {
-                if !had_exclusive
-                    && self.state == State::Ready
-                    && self.held_in_pg_locks(Some(LockMode::Exclusive)).await?
-                {
+            // The session is gone, or the statement never ran (class 42: it did not
+            // parse or plan, e.g. a missing table): the counts are right as they are.
+            Err(err) if self.state != State::Ready || never_ran(&err) => Err(err),
+            // It ran and failed after the grant, maybe. With no exclusive level before,
+            // pg_locks tells whether it left one; give that back.
+            Err(err) if !had_exclusive => {
+                if self.held_in_pg_locks(Some(LockMode::Exclusive)).await? {
                     self.exclusive += 1;
                     self.unlock().await?;
                 }
                 Err(err)
+            }
+            // With levels before, pg_locks cannot tell n from n + 1: the count is unknown,
+            // so end the session (its levels go with it) rather than guess.
+            Err(_) => {
+                let owned = self.end_session();
+                self.state = match owned {
+                    true => State::Disconnected {
+                        unreported_loss: false,
+                    },
+                    false => State::Interrupted,
+                };
+                Err(Error::LockLost { key: self.key })
             }
         }
     }
@@ -859,6 +873,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
             };
         }
         error::from_acquisition(err, self.key)
+    }
+}
+
+/// Whether `err` is from a statement the server refused before running it (SQLSTATE
+/// class 42: syntax error or access rule violation, such as a missing table).
+fn never_ran(err: &Error) -> bool {
+    match err {
+        Error::Database(err) => error::sqlstate(err).is_some_and(|code| code.starts_with("42")),
+        _ => false,
     }
 }
 
