@@ -394,8 +394,13 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// with [`Error::Closed`]. Dropping it (when the work wins) is safe at any point.
     pub async fn lost(&mut self) -> Error {
         loop {
-            if self.state == State::Closed {
-                return Error::Closed;
+            match self.state {
+                State::Closed => return Error::Closed,
+                // A cancelled call already ended the session that held levels.
+                State::Disconnected {
+                    unreported_loss: true,
+                } => return self.unusable_session_error(),
+                _ => {}
             }
             if !self.holds_levels() {
                 return Error::NotHeld {
@@ -657,9 +662,12 @@ impl<C: LockConnection> AdvisoryLock<C> {
         let owned = self.conn.as_ref().is_some_and(|c| c.owns_session());
         if owned && !self.facts.configured {
             let check = self.options.get_client_connection_check_interval();
+            let keepalive = self.options.get_keepalive_idle();
             let mut args = PgArguments::default();
             add(&mut args, self.options.get_application_name().to_owned())?;
             add(&mut args, format!("{}ms", check.as_millis()))?;
+            add(&mut args, format!("{}s", keepalive.as_secs()))?;
+            add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
             let _: i64 = self
                 .fetch(Effect::Read, sql::CONFIGURE_SESSION, args)
                 .await?;

@@ -27,6 +27,7 @@ pub struct LockOptions {
     lost_check_interval: Duration,
     check_timeout: Duration,
     operation_timeout: Duration,
+    keepalive_idle: Duration,
 }
 
 impl Default for LockOptions {
@@ -37,13 +38,15 @@ impl Default for LockOptions {
             lost_check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(10),
         }
     }
 }
 
 impl LockOptions {
     /// The defaults: `application_name` `pglock`, a 1 s client connection check, a 1 s
-    /// lost-lock check with a 5 s bound on each check, and a 30 s operation timeout.
+    /// lost-lock check with a 5 s bound on each check, a 30 s operation timeout, and
+    /// server keepalive probes after 10 s of silence.
     pub fn new() -> Self {
         Self::default()
     }
@@ -89,6 +92,20 @@ impl LockOptions {
     /// The configured operation timeout.
     pub fn get_operation_timeout(&self) -> Duration {
         self.operation_timeout
+    }
+
+    /// After how long without traffic the server starts probing an owned session's client
+    /// (`tcp_keepalives_idle`; probes every half of it, 3 of them). A holder cut off
+    /// silently (no FIN or RST) then loses its locks on the server in about 2.5 times
+    /// this (25 s by default) instead of the operating system's hours. TCP only.
+    pub fn keepalive_idle(mut self, idle: Duration) -> Self {
+        self.keepalive_idle = idle;
+        self
+    }
+
+    /// The configured keepalive idle time.
+    pub fn get_keepalive_idle(&self) -> Duration {
+        self.keepalive_idle
     }
 
     /// The configured `application_name`.

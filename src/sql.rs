@@ -166,21 +166,26 @@ pub(crate) const SET_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
 
 /// Session hygiene for a session the lock owns: names it (`$1`), keeps idle killers from
-/// silently ending a session that holds locks, and lets the server notice a vanished
-/// client even while it waits for a lock (`$2`). Settings the server does not have
-/// (before PostgreSQL 14) are skipped rather than failing.
+/// silently ending a session that holds locks, lets the server notice a vanished client
+/// even while it waits for a lock (`$2`), and has the server probe a silent client's
+/// socket (keepalive idle `$3`, interval `$4`, 3 probes) so that a holder cut off without
+/// a FIN or RST loses its locks in about `$3 + 3 × $4` instead of the kernel's hours.
+/// Settings the server does not have (before PostgreSQL 14) are skipped, not failed.
 pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.value, false)), \
      pg_backend_pid() \
      FROM (VALUES ('application_name', $1), ('idle_session_timeout', '0'), \
                   ('idle_in_transaction_session_timeout', '0'), \
-                  ('client_connection_check_interval', $2)) AS v(name, value) \
+                  ('client_connection_check_interval', $2), \
+                  ('tcp_keepalives_idle', $3), ('tcp_keepalives_interval', $4), \
+                  ('tcp_keepalives_count', '3')) AS v(name, value) \
      WHERE v.name IN (SELECT name FROM pg_catalog.pg_settings)";
 
 /// Undoes [`CONFIGURE_SESSION`] before a pool connection goes back to its pool.
 pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)), \
      pg_backend_pid() \
      FROM pg_catalog.pg_settings WHERE name IN ('application_name', 'idle_session_timeout', \
-     'idle_in_transaction_session_timeout', 'client_connection_check_interval')";
+     'idle_in_transaction_session_timeout', 'client_connection_check_interval', \
+     'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count')";
 
 /// Transaction-scoped: blocks until the exclusive level is granted; released at commit
 /// or rollback.

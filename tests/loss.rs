@@ -159,6 +159,33 @@ fn lost_does_not_resolve_while_the_lock_is_held() {
 }
 
 #[test]
+fn lost_reports_a_loss_that_a_cancelled_call_caused() {
+    rt::run(async {
+        let pool = support::pool().await;
+        let key = support::key("lost_reports_a_loss_that_a_cancelled_call_caused");
+        let mut a = AdvisoryLock::new(&pool, key).await.unwrap();
+        let mut b = AdvisoryLock::new(&pool, key).await.unwrap();
+        a.lock_shared().await.unwrap();
+        b.lock_shared().await.unwrap();
+        // A's exclusive wait (behind B's shared level) is cancelled: its session, and the
+        // shared level on it, must go.
+        assert!(
+            rt::timeout(Duration::from_millis(200), a.lock())
+                .await
+                .is_none()
+        );
+        let lost = rt::timeout(Duration::from_secs(2), a.lost())
+            .await
+            .expect("lost() resolves at once");
+        assert!(matches!(lost, Error::LockLost { .. }), "{lost:?}");
+        // Reported once: the lock works again afterwards.
+        assert!(!a.is_held().await.unwrap());
+        b.close().await.unwrap();
+        a.close().await.unwrap();
+    });
+}
+
+#[test]
 fn lost_with_nothing_held_resolves_at_once_with_not_held() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;

@@ -330,3 +330,57 @@ pub async fn application_name_of(pid: i32) -> Option<String> {
 
 /// A loopback TCP proxy in front of the test database, to cut or silence connections.
 pub mod proxy;
+
+/// Granted advisory locks on `key` at the server `url` (a private cluster, say) as
+/// `(pid, mode)`, like [`holders_with_mode`].
+pub async fn holders_with_mode_at(url: &str, key: LockKey) -> Vec<(i32, String)> {
+    let (classid, objid, objsubid) = key.pg_locks_ids();
+    let mut conn = connect_at(url).await;
+    let rows = sqlx::query_as(
+        "SELECT pid, mode FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
+    )
+    .bind(sqlx::postgres::types::Oid(classid))
+    .bind(sqlx::postgres::types::Oid(objid))
+    .bind(objsubid)
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    rows
+}
+
+/// Backend pids waiting for `key` at the server `url`, like [`waiters`].
+pub async fn waiters_at(url: &str, key: LockKey) -> Vec<i32> {
+    let (classid, objid, objsubid) = key.pg_locks_ids();
+    let mut conn = connect_at(url).await;
+    let pids = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid",
+    )
+    .bind(sqlx::postgres::types::Oid(classid))
+    .bind(sqlx::postgres::types::Oid(objid))
+    .bind(objsubid)
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    pids
+}
+
+/// Makes `cluster` ask `role` for a password (`scram-sha-256`) on TCP connections from
+/// 127.0.0.1, ahead of the `trust` lines initdb wrote, and reloads the configuration.
+/// Every other role keeps connecting without one.
+pub fn require_password_for(cluster: &cluster::PrivateCluster, role: &str) {
+    let hba = cluster
+        .log_file()
+        .parent()
+        .expect("the cluster directory")
+        .join("data")
+        .join("pg_hba.conf");
+    let current = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let line = format!("host all {role} 127.0.0.1/32 scram-sha-256\n");
+    // Rewritten in place: the file keeps its owner (the server's user) and mode.
+    std::fs::write(&hba, format!("{line}{current}")).expect("write pg_hba.conf");
+    cluster.pg_ctl(&["reload"]);
+}
