@@ -60,7 +60,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
 
 use crate::error::{self, LockMode, sqlstate};
-use crate::sql::{self, KeyedSql, add, key_args};
+use crate::sql::{self, KeyedSql, add};
 use crate::{DistributedLock, Error, LockKey, LockOptions, Result, timer};
 
 /// A connection an [`AdvisoryLock`] can work on, owned or borrowed.
@@ -116,8 +116,8 @@ enum State {
     Interrupted,
     /// Statements ran on two server sessions: a transaction-pooling proxy is in between.
     NotPinned {
-        first: i32,
-        now: i32,
+        first: Option<i32>,
+        now: Option<i32>,
     },
     Closed,
 }
@@ -132,10 +132,11 @@ enum Effect {
 }
 
 /// What the lock knows about its current session, learned once per session.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct SessionFacts {
-    /// Hygiene settings applied (owned sessions only).
-    configured: bool,
+    /// The settings the session had before the lock configured it (owned sessions
+    /// only), to be put back by `close`; `Some` once configured.
+    previous_settings: Option<Vec<Option<String>>>,
     /// The session's `statement_timeout` in ms, once read.
     statement_timeout_ms: Option<i64>,
     /// The server session (`pg_backend_pid()`) every statement must run on.
@@ -465,9 +466,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
         if self.holds_levels() {
             self.unlock_levels(self.exclusive, self.shared).await?;
         }
-        if self.facts.configured {
-            let _: i64 = self
-                .fetch(Effect::Write, sql::RESET_SESSION, PgArguments::default())
+        if let Some(previous) = self.facts.previous_settings.take() {
+            let mut args = PgArguments::default();
+            add(&mut args, previous)?;
+            let _: bool = self
+                .fetch(Effect::Write, sql::RESTORE_SESSION, args)
                 .await?;
         }
         Ok(())
@@ -475,7 +478,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     async fn acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
         self.open_session().await?;
-        let args = key_args(self.key)?;
+        let args = self.session_args()?;
         let _: Option<bool> = self
             .fetch_optional(Effect::Write, sql.for_key(self.key), args, None)
             .await?;
@@ -485,7 +488,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     async fn try_acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<bool> {
         self.open_session().await?;
-        let args = key_args(self.key)?;
+        let args = self.session_args()?;
         let acquired: bool = self
             .fetch(Effect::Write, sql.for_key(self.key), args)
             .await?;
@@ -506,7 +509,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         let millis = sql::lock_timeout_millis(timeout);
         self.open_session().await?;
         let lifted = self.lift_statement_timeout(millis).await?;
-        let mut args = key_args(self.key)?;
+        let mut args = self.session_args()?;
         add(&mut args, format!("{millis}ms"))?;
         let bound = timeout.saturating_add(self.options.get_operation_timeout());
         let outcome: Result<Option<bool>> = self
@@ -577,7 +580,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 mode,
             });
         }
-        let args = key_args(self.key)?;
+        let args = self.session_args()?;
         let released: bool = self
             .fetch(Effect::Write, sql.for_key(self.key), args)
             .await?;
@@ -604,6 +607,22 @@ impl<C: LockConnection> AdvisoryLock<C> {
             }
         };
         self.fetch(Effect::Read, sql, args).await
+    }
+
+    /// The bind parameters of a statement that changes levels: the server session the
+    /// levels live on (`$1`, known once `open_session` ran), then the key.
+    pub(crate) fn session_args(&self) -> Result<PgArguments> {
+        let pid = self.facts.backend_pid.ok_or(Error::Closed)?;
+        let mut args = PgArguments::default();
+        add(&mut args, pid)?;
+        match self.key {
+            LockKey::BigInt(k) => add(&mut args, k)?,
+            LockKey::IntPair(a, b) => {
+                add(&mut args, a)?;
+                add(&mut args, b)?;
+            }
+        }
+        Ok(args)
     }
 
     fn levels_mut(&mut self, mode: LockMode) -> &mut u32 {
@@ -660,7 +679,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             }
         }
         let owned = self.conn.as_ref().is_some_and(|c| c.owns_session());
-        if owned && !self.facts.configured {
+        if owned && self.facts.previous_settings.is_none() {
             let check = self.options.get_client_connection_check_interval();
             let keepalive = self.options.get_keepalive_idle();
             let mut args = PgArguments::default();
@@ -668,10 +687,17 @@ impl<C: LockConnection> AdvisoryLock<C> {
             add(&mut args, format!("{}ms", check.as_millis()))?;
             add(&mut args, format!("{}s", keepalive.as_secs()))?;
             add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
-            let _: i64 = self
+            add(&mut args, "0")?; // idle killers off
+            add(&mut args, "3")?; // keepalive probes
+            let previous: Vec<Option<String>> = self
                 .fetch(Effect::Read, sql::CONFIGURE_SESSION, args)
                 .await?;
-            self.facts.configured = true;
+            self.facts.previous_settings = Some(previous);
+        } else if self.facts.backend_pid.is_none() {
+            // A borrowed session: learn which server session it is before the first lock.
+            let _: i32 = self
+                .fetch(Effect::Read, sql::BACKEND_PID, PgArguments::default())
+                .await?;
         }
         if self.deferred != Deferred::default() {
             self.release_deferred().await?;
@@ -698,7 +724,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// Releases `exclusive` and `shared` levels (which include every deferred one) in one
     /// round trip; if the server did not have them all, the levels were lost.
     async fn unlock_levels(&mut self, exclusive: u32, shared: u32) -> Result<()> {
-        let mut args = key_args(self.key)?;
+        let mut args = self.session_args()?;
         add(&mut args, i64::from(exclusive))?;
         add(&mut args, i64::from(shared))?;
         let sql = sql::UNLOCK_LEVELS.for_key(self.key);
@@ -736,7 +762,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
     {
         let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_as_with(sql, args).fetch_optional(statement.conn()?);
+        let query = sqlx::query_as_with::<_, (Option<T>, i32), _>(sql, args)
+            .fetch_optional(statement.conn()?);
         let answer = match bound {
             Some(limit) => timer::timeout(limit, query).await,
             None => Some(query.await),
@@ -755,10 +782,12 @@ impl<C: LockConnection> AdvisoryLock<C> {
     pub(crate) async fn acquire_exclusive_returning(
         &mut self,
         sql: KeyedSql,
-        args: PgArguments,
+        extra: String,
         blocking: bool,
     ) -> Result<Option<i64>> {
         self.open_session().await?;
+        let mut args = self.session_args()?;
+        add(&mut args, extra)?;
         let bound = (!blocking).then(|| self.options.get_operation_timeout());
         let had_exclusive = self.exclusive > 0;
         match self
@@ -840,7 +869,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
             Some(first) if first == pid => Ok(()),
             Some(first) => {
                 self.end_session();
-                self.state = State::NotPinned { first, now: pid };
+                self.state = State::NotPinned {
+                    first: Some(first),
+                    now: Some(pid),
+                };
                 Err(self.unusable_session_error())
             }
         }
@@ -869,6 +901,16 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     fn classify(&mut self, err: sqlx::Error) -> Error {
+        if error::pooler_lost_statement(&err) {
+            // The server session does not know our prepared statement: the connection
+            // was moved to another server session (PgBouncer before 1.21). Nothing ran.
+            self.end_session();
+            self.state = State::NotPinned {
+                first: self.facts.backend_pid,
+                now: None,
+            };
+            return self.unusable_session_error();
+        }
         if error::session_is_gone(&err) {
             let lost = self.holds_levels();
             self.end_session();
@@ -938,12 +980,13 @@ impl<'a, C: LockConnection> InFlight<'a, C> {
 
     /// The answer arrived: the session is idle again; errors become ours.
     /// Also checks that the statement ran on the session's server session.
-    fn finish<T>(self, result: Result<Option<(T, i32)>, sqlx::Error>) -> Result<Option<T>> {
+    /// A value is `None` when there was no row, or it was NULL.
+    fn finish<T>(self, result: Result<Option<(Option<T>, i32)>, sqlx::Error>) -> Result<Option<T>> {
         self.lock.state = State::Ready;
         match result {
             Ok(Some((value, pid))) => {
                 self.lock.check_pinned(pid)?;
-                Ok(Some(value))
+                Ok(value)
             }
             Ok(None) => Ok(None),
             Err(err) => Err(self.lock.classify(err)),
@@ -971,7 +1014,7 @@ impl<C: LockConnection> Drop for AdvisoryLock<C> {
         // Levels or a pending statement would pass to the pool's next borrower, and so
         // would our session settings, which only an awaited `close` can put back.
         let in_flight = matches!(self.state, State::InFlight(_));
-        if (self.holds_levels() || in_flight || self.facts.configured)
+        if (self.holds_levels() || in_flight || self.facts.previous_settings.is_some())
             && let Some(conn) = self.conn.as_mut()
         {
             conn.discard_on_drop();

@@ -117,22 +117,27 @@ pub enum Error {
         current: i64,
     },
 
-    /// The lock's statements ran on two different server sessions: the connection goes
+    /// The lock's statements did not all run on one server session: the connection goes
     /// through a transaction-pooling proxy (PgBouncer in `pool_mode = transaction`), where
-    /// a session lock cannot work. The lock ended its connection and will not be used again.
+    /// a session lock cannot work. Seen as two backend pids, or as the server not knowing
+    /// a statement the lock prepared. The lock ended its connection and is not usable.
+    /// Levels it took before it noticed stay on the proxy's server session until the
+    /// proxy resets or closes it (PgBouncer: `server_reset_query = DISCARD ALL` with
+    /// `server_reset_query_always = 1`).
     #[error(
-        "the statements of the lock on {key} ran on two server sessions (backend pids \
-         {first_pid} and {pid}): the connection goes through a transaction-pooling proxy \
-         such as PgBouncer, where session locks do not work; use transaction-scoped locks \
-         (pglock::xact) there, or connect directly or through a session-pooling proxy"
+        "the statements of the lock on {key} did not all run on one server session ({}): \
+         the connection goes through a transaction-pooling proxy such as PgBouncer, where \
+         session locks do not work; use transaction-scoped locks (pglock::xact) there, or \
+         connect directly or through a session-pooling proxy",
+        pinning_evidence(*first_pid, *pid)
     )]
     SessionNotPinned {
         /// The lock's key.
         key: LockKey,
-        /// The server session the lock's first statement ran on.
-        first_pid: i32,
-        /// The server session a later statement ran on.
-        pid: i32,
+        /// The server session (`pg_backend_pid()`) the lock's first statement ran on.
+        first_pid: Option<i32>,
+        /// The server session a later statement ran on, if it got that far.
+        pid: Option<i32>,
     },
 
     /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
@@ -174,6 +179,30 @@ pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
     match err {
         sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
         _ => None,
+    }
+}
+
+/// What showed that a session moved between server sessions, for the message.
+fn pinning_evidence(first: Option<i32>, now: Option<i32>) -> String {
+    match (first, now) {
+        (Some(first), Some(now)) => format!("backend pids {first} and {now}"),
+        _ => "a prepared statement was missing on the server session".to_owned(),
+    }
+}
+
+/// Whether `err` says the server session does not have a statement this connection
+/// prepared, or has another under its name: the connection was moved to another server
+/// session between statements (a transaction-pooling proxy such as PgBouncer < 1.21).
+pub(crate) fn pooler_lost_statement(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    match db.code().as_deref() {
+        // invalid_sql_statement_name, duplicate_prepared_statement
+        Some("26000") | Some("42P05") => true,
+        // protocol_violation: Bind for a same-named statement with other parameters
+        Some("08P01") => db.message().starts_with("bind message supplies"),
+        _ => false,
     }
 }
 

@@ -47,7 +47,7 @@ use std::fmt;
 use sqlx::Transaction;
 use sqlx::postgres::Postgres;
 
-use crate::sql::{self, add, key_args};
+use crate::sql::{self, add};
 use crate::{AdvisoryLock, Error, LockConnection, LockKey, Result};
 
 /// A number that grows with every exclusive acquisition of one key.
@@ -71,8 +71,7 @@ impl fmt::Display for FencingToken {
 impl<C: LockConnection> AdvisoryLock<C> {
     /// [`lock`](Self::lock), and the key's next fencing token, in one round trip.
     pub async fn lock_fenced(&mut self) -> Result<FencingToken> {
-        let args = token_args(self.key())?;
-        self.acquire_exclusive_returning(sql::LOCK_FENCED, args, true)
+        self.acquire_exclusive_returning(sql::LOCK_FENCED, self.key().to_string(), true)
             .await?
             .map(FencingToken)
             .ok_or(Error::Database(sqlx::Error::RowNotFound))
@@ -81,19 +80,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// [`try_lock`](Self::try_lock): the next fencing token if the key was free, or
     /// `None` (and no token is used up).
     pub async fn try_lock_fenced(&mut self) -> Result<Option<FencingToken>> {
-        let args = token_args(self.key())?;
         let token = self
-            .acquire_exclusive_returning(sql::TRY_LOCK_FENCED, args, false)
+            .acquire_exclusive_returning(sql::TRY_LOCK_FENCED, self.key().to_string(), false)
             .await?;
         Ok(token.map(FencingToken))
     }
-}
-
-/// The key's bind parameters, then the key's row name in the token table.
-fn token_args(key: LockKey) -> Result<sqlx::postgres::PgArguments> {
-    let mut args = key_args(key)?;
-    add(&mut args, key.to_string())?;
-    Ok(args)
 }
 
 /// The fenced-write check, inside the transaction that writes to the protected resource:

@@ -61,58 +61,109 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> i64 {
     millis.clamp(1, i64::from(i32::MAX))
 }
 
-/// Blocks until the exclusive level is granted.
+// Session statements. `$1` is the server session (`pg_backend_pid()`) the lock's
+// levels live on: a statement that changes levels does so only there (`CASE WHEN
+// pg_backend_pid() = $1 ...`), so that one that lands on another server session (behind
+// a transaction-pooling proxy) changes nothing and is caught by the pid it returns. The
+// key follows as `$2` (bigint) or `$2, $3` (int pair).
+
+/// Blocks until the exclusive level is granted; `true`.
 pub(crate) const LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1) OFFSET 0) AS l",
-    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1, $2) OFFSET 0) AS l",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock($2)::text = '' END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock($2, $3)::text = '' END, pg_backend_pid()",
 };
 
-/// Blocks until the shared level is granted.
+/// Blocks until the shared level is granted; `true`.
 pub(crate) const LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT true, pg_backend_pid() \
-        FROM (SELECT pg_advisory_lock_shared($1) OFFSET 0) AS l",
-    pair: "SELECT true, pg_backend_pid() \
-        FROM (SELECT pg_advisory_lock_shared($1, $2) OFFSET 0) AS l",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock_shared($2)::text = '' END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock_shared($2, $3)::text = '' END, pg_backend_pid()",
 };
 
 /// Takes the exclusive level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
-    pair: "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_try_advisory_lock($2) END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_try_advisory_lock($2, $3) END, pg_backend_pid()",
 };
 
 /// Takes the shared level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_lock_shared($1), pg_backend_pid()",
-    pair: "SELECT pg_try_advisory_lock_shared($1, $2), pg_backend_pid()",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_try_advisory_lock_shared($2) END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_try_advisory_lock_shared($2, $3) END, pg_backend_pid()",
 };
 
 /// Releases one exclusive level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_unlock($1), pg_backend_pid()",
-    pair: "SELECT pg_advisory_unlock($1, $2), pg_backend_pid()",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_unlock($2) END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_unlock($2, $3) END, pg_backend_pid()",
 };
 
 /// Releases one shared level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_unlock_shared($1), pg_backend_pid()",
-    pair: "SELECT pg_advisory_unlock_shared($1, $2), pg_backend_pid()",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_unlock_shared($2) END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_unlock_shared($2, $3) END, pg_backend_pid()",
 };
 
 /// Releases exactly the levels this lock holds (`$n` exclusive, `$n+1` shared) in one
 /// round trip, and says whether the server had every one of them. Not
 /// `pg_advisory_unlock_all()`: a borrowed session may hold other locks of its owner's.
+/// Both counts are computed in the subquery, so AND cannot skip either unlock; the
+/// subquery runs only in its CASE branch.
 pub(crate) const UNLOCK_LEVELS: KeyedSql = KeyedSql {
-    // Both counts are computed in the subquery, so neither unlock can be skipped by
-    // AND short-circuiting.
-    bigint: "SELECT released.exclusive = $2 AND released.shared = $3, pg_backend_pid() FROM (SELECT \
-        (SELECT count(*) FROM generate_series(1, $2) WHERE pg_advisory_unlock($1)) AS exclusive, \
-        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock_shared($1)) AS shared \
-        OFFSET 0) AS released",
-    pair: "SELECT released.exclusive = $3 AND released.shared = $4, pg_backend_pid() FROM (SELECT \
-        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock($1, $2)) AS exclusive, \
-        (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock_shared($1, $2)) AS shared \
-        OFFSET 0) AS released",
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 THEN (SELECT \
+        r.exclusive = $3 AND r.shared = $4 FROM (SELECT \
+        (SELECT count(*) FROM generate_series(1, $3) WHERE pg_advisory_unlock($2)) AS exclusive, \
+        (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock_shared($2)) AS shared \
+        OFFSET 0) AS r) END, pg_backend_pid()",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 THEN (SELECT \
+        r.exclusive = $4 AND r.shared = $5 FROM (SELECT \
+        (SELECT count(*) FROM generate_series(1, $4) WHERE pg_advisory_unlock($2, $3)) AS exclusive, \
+        (SELECT count(*) FROM generate_series(1, $5) WHERE pg_advisory_unlock_shared($2, $3)) AS shared \
+        OFFSET 0) AS r) END, pg_backend_pid()",
+};
+
+/// Waits at most `$n` (a `lock_timeout` value such as `'250ms'`) for the exclusive level,
+/// in one round trip: the subquery sets `lock_timeout` for this statement's own implicit
+/// transaction before the lock is requested (`OFFSET 0` keeps the planner from merging
+/// it away), and the outer select, after the lock, puts the previous value back, which
+/// matters when the caller's session is inside a transaction block. Fails with SQLSTATE
+/// 55P03 on timeout.
+pub(crate) const TRY_LOCK_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock($2)::text = '' END, pg_backend_pid(), \
+        set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock($2, $3)::text = '' END, pg_backend_pid(), \
+        set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $4, true) OFFSET 0) AS s",
+};
+
+/// [`TRY_LOCK_FOR`] for the shared level.
+pub(crate) const TRY_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
+    bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock_shared($2)::text = '' END, pg_backend_pid(), \
+        set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $3, true) OFFSET 0) AS s",
+    pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
+        THEN pg_advisory_lock_shared($2, $3)::text = '' END, pg_backend_pid(), \
+        set_config('lock_timeout', s.previous, true) \
+        FROM (SELECT current_setting('lock_timeout') AS previous, \
+              set_config('lock_timeout', $4, true) OFFSET 0) AS s",
 };
 
 /// Whether this session holds the key in any mode, from `pg_locks`: the server's truth,
@@ -121,71 +172,61 @@ pub(crate) const IS_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_loc
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
      AND classid = $1 AND objid = $2 AND objsubid = $3), pg_backend_pid()";
 
-/// Waits at most `$n` (a `lock_timeout` value such as `'250ms'`) for the exclusive level,
-/// in one round trip: the subquery sets `lock_timeout` for this statement's own implicit
-/// transaction before the lock is requested (`OFFSET 0` keeps the planner from merging
-/// it away), and the outer select puts the previous value back, which matters when the
-/// caller's session is inside a transaction block. Fails with SQLSTATE 55P03 on timeout.
-pub(crate) const TRY_LOCK_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1), \
-        set_config('lock_timeout', s.previous, true) \
-        FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $2, true) OFFSET 0) AS s OFFSET 0) AS l",
-    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock($1, $2), \
-        set_config('lock_timeout', s.previous, true) \
-        FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $3, true) OFFSET 0) AS s OFFSET 0) AS l",
-};
-
-/// [`TRY_LOCK_FOR`] for the shared level.
-pub(crate) const TRY_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock_shared($1), \
-        set_config('lock_timeout', s.previous, true) \
-        FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $2, true) OFFSET 0) AS s OFFSET 0) AS l",
-    pair: "SELECT true, pg_backend_pid() FROM (SELECT pg_advisory_lock_shared($1, $2), \
-        set_config('lock_timeout', s.previous, true) \
-        FROM (SELECT current_setting('lock_timeout') AS previous, \
-              set_config('lock_timeout', $3, true) OFFSET 0) AS s OFFSET 0) AS l",
-};
-
 /// [`IS_HELD`] for one mode (`$4`: `'ExclusiveLock'` or `'ShareLock'`): after a lock
 /// timeout, whether the grant raced the timeout and the session holds the level anyway.
 pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
      AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4), pg_backend_pid()";
 
+/// The server session a borrowed connection talks to, learned before its first lock.
+pub(crate) const BACKEND_PID: &str = "SELECT pg_backend_pid(), pg_backend_pid()";
+
 /// The session's `statement_timeout` in milliseconds (0: none). Read once per session:
 /// a statement's own timeout is armed when it starts, so a timed wait longer than it
 /// must lift it with a statement of its own first.
-pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT setting::bigint, pg_backend_pid() FROM pg_catalog.pg_settings \
-     WHERE name = 'statement_timeout'";
+pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT setting::bigint, pg_backend_pid() \
+     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'";
 
 /// Sets the session's `statement_timeout` (`$1`, in milliseconds as text).
 pub(crate) const SET_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
 
-/// Session hygiene for a session the lock owns: names it (`$1`), keeps idle killers from
-/// silently ending a session that holds locks, lets the server notice a vanished client
-/// even while it waits for a lock (`$2`), and has the server probe a silent client's
-/// socket (keepalive idle `$3`, interval `$4`, 3 probes) so that a holder cut off without
-/// a FIN or RST loses its locks in about `$3 + 3 × $4` instead of the kernel's hours.
-/// Settings the server does not have (before PostgreSQL 14) are skipped, not failed.
-pub(crate) const CONFIGURE_SESSION: &str = "SELECT count(set_config(v.name, v.value, false)), \
-     pg_backend_pid() \
-     FROM (VALUES ('application_name', $1), ('idle_session_timeout', '0'), \
-                  ('idle_in_transaction_session_timeout', '0'), \
-                  ('client_connection_check_interval', $2), \
-                  ('tcp_keepalives_idle', $3), ('tcp_keepalives_interval', $4), \
-                  ('tcp_keepalives_count', '3')) AS v(name, value) \
-     WHERE v.name IN (SELECT name FROM pg_catalog.pg_settings)";
+/// Session hygiene for a session the lock owns, returning the settings it had (as a
+/// text array, in the order below; NULL where the server lacks the setting) so that
+/// [`RESTORE_SESSION`] can put them back. It names the session (`$1`); keeps idle
+/// killers from silently ending a session that holds locks (`$5`: `'0'`); lets the
+/// server notice a vanished client even while it waits for a lock (`$2`, PostgreSQL
+/// 14+); and has the server probe a silent client's socket (keepalive idle `$3`,
+/// interval `$4`, `$6` probes), so that a holder cut off without a FIN or RST loses its
+/// locks in about `$3 + $6 × $4` instead of the kernel's hours. The subquery reads before the outer select writes.
+pub(crate) const CONFIGURE_SESSION: &str = "SELECT p.previous, pg_backend_pid(), \
+     set_config('application_name', $1, false), \
+     CASE WHEN p.previous[2] IS NOT NULL THEN set_config('idle_session_timeout', $5, false) END, \
+     set_config('idle_in_transaction_session_timeout', $5, false), \
+     CASE WHEN p.previous[4] IS NOT NULL \
+          THEN set_config('client_connection_check_interval', $2, false) END, \
+     set_config('tcp_keepalives_idle', $3, false), \
+     set_config('tcp_keepalives_interval', $4, false), \
+     set_config('tcp_keepalives_count', $6, false) \
+     FROM (SELECT ARRAY[current_setting('application_name'), \
+                        current_setting('idle_session_timeout', true), \
+                        current_setting('idle_in_transaction_session_timeout'), \
+                        current_setting('client_connection_check_interval', true), \
+                        current_setting('tcp_keepalives_idle'), \
+                        current_setting('tcp_keepalives_interval'), \
+                        current_setting('tcp_keepalives_count')] AS previous OFFSET 0) AS p";
 
-/// Undoes [`CONFIGURE_SESSION`] before a pool connection goes back to its pool.
-pub(crate) const RESET_SESSION: &str = "SELECT count(set_config(name, reset_val, false)), \
-     pg_backend_pid() \
-     FROM pg_catalog.pg_settings WHERE name IN ('application_name', 'idle_session_timeout', \
-     'idle_in_transaction_session_timeout', 'client_connection_check_interval', \
-     'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count')";
+/// Puts back what [`CONFIGURE_SESSION`] changed (`$1`: the text array it returned),
+/// before a pool connection goes back to its pool.
+pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \
+     set_config('application_name', $1[1], false), \
+     CASE WHEN $1[2] IS NOT NULL THEN set_config('idle_session_timeout', $1[2], false) END, \
+     set_config('idle_in_transaction_session_timeout', $1[3], false), \
+     CASE WHEN $1[4] IS NOT NULL \
+          THEN set_config('client_connection_check_interval', $1[4], false) END, \
+     set_config('tcp_keepalives_idle', $1[5], false), \
+     set_config('tcp_keepalives_interval', $1[6], false), \
+     set_config('tcp_keepalives_count', $1[7], false)";
 
 /// Transaction-scoped: blocks until the exclusive level is granted; released at commit
 /// or rollback.
@@ -247,31 +288,42 @@ pub(crate) const SET_LOCAL_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, true)";
 
 /// Takes the exclusive level, then bumps the key's fencing token (`$n`: the key's text
-/// form) and returns it, in one statement. The materialized CTE runs the acquisition
-/// before the upsert reads its row.
+/// form) and returns it, in one statement; NULL (and no token used) if the statement ran
+/// on another server session than `$1`. The materialized CTE runs the acquisition before
+/// the upsert reads its row; the outer select always returns one row.
 pub(crate) const LOCK_FENCED: KeyedSql = KeyedSql {
-    bigint: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1)) \
-        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $2, 1 FROM acquired \
-        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token, pg_backend_pid()",
-    pair: "WITH acquired AS MATERIALIZED (SELECT pg_advisory_lock($1, $2)) \
-        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) SELECT $3, 1 FROM acquired \
-        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token, pg_backend_pid()",
+    bigint: "WITH acquired AS MATERIALIZED \
+            (SELECT pg_advisory_lock($2) WHERE pg_backend_pid() = $1), \
+        bumped AS (INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+            SELECT $3, 1 FROM acquired \
+            ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+            RETURNING t.token) \
+        SELECT (SELECT token FROM bumped), pg_backend_pid()",
+    pair: "WITH acquired AS MATERIALIZED \
+            (SELECT pg_advisory_lock($2, $3) WHERE pg_backend_pid() = $1), \
+        bumped AS (INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+            SELECT $4, 1 FROM acquired \
+            ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+            RETURNING t.token) \
+        SELECT (SELECT token FROM bumped), pg_backend_pid()",
 };
 
-/// [`LOCK_FENCED`] without waiting: no row (and no token used) if the key is taken.
+/// [`LOCK_FENCED`] without waiting: NULL (and no token used) if the key is taken.
 pub(crate) const TRY_LOCK_FENCED: KeyedSql = KeyedSql {
-    bigint: "WITH acquired AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok) \
-        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
-        SELECT $2, 1 FROM acquired WHERE acquired.ok \
-        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token, pg_backend_pid()",
-    pair: "WITH acquired AS MATERIALIZED (SELECT pg_try_advisory_lock($1, $2) AS ok) \
-        INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
-        SELECT $3, 1 FROM acquired WHERE acquired.ok \
-        ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
-        RETURNING t.token, pg_backend_pid()",
+    bigint: "WITH acquired AS MATERIALIZED \
+            (SELECT pg_try_advisory_lock($2) AS ok WHERE pg_backend_pid() = $1), \
+        bumped AS (INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+            SELECT $3, 1 FROM acquired WHERE acquired.ok \
+            ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+            RETURNING t.token) \
+        SELECT (SELECT token FROM bumped), pg_backend_pid()",
+    pair: "WITH acquired AS MATERIALIZED \
+            (SELECT pg_try_advisory_lock($2, $3) AS ok WHERE pg_backend_pid() = $1), \
+        bumped AS (INSERT INTO pglock_fencing_tokens AS t (lock_key, token) \
+            SELECT $4, 1 FROM acquired WHERE acquired.ok \
+            ON CONFLICT (lock_key) DO UPDATE SET token = t.token + 1, updated_at = now() \
+            RETURNING t.token) \
+        SELECT (SELECT token FROM bumped), pg_backend_pid()",
 };
 
 /// The key's newest fencing token, share-locking its row until the caller's transaction

@@ -11,7 +11,9 @@
 //! Each acquisition runs inside a savepoint, so that its failure (a timeout, a deadlock,
 //! a full lock table) rolls back to the savepoint and leaves the caller's transaction
 //! usable; the session's `lock_timeout` and `statement_timeout` read the same afterwards.
-//! That costs two short statements around the acquisition.
+//! That costs two short statements around the acquisition. The statements are not kept
+//! prepared on the server session: behind a transaction-pooling proxy the next
+//! transaction may run on another server session, which would not know them.
 //!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
@@ -87,6 +89,7 @@ pub async fn try_lock_shared_for(
 async fn blocking(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<()> {
     fenced(conn, async |conn| {
         sqlx::query_with(sql.for_key(key), key_args(key)?)
+            .persistent(false)
             .execute(conn)
             .await
             .map_err(|err| error::from_acquisition(err, key))?;
@@ -98,6 +101,7 @@ async fn blocking(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Resul
 async fn trying(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<bool> {
     fenced(conn, async |conn| {
         sqlx::query_scalar_with(sql.for_key(key), key_args(key)?)
+            .persistent(false)
             .fetch_one(conn)
             .await
             .map_err(|err| error::from_acquisition(err, key))
@@ -123,6 +127,7 @@ async fn timed(
         // A statement_timeout is armed when a statement starts; lift a shorter one for
         // the wait, as a transaction-local setting the savepoint puts back on failure.
         let statement_timeout: i64 = sqlx::query_scalar(sql::STATEMENT_TIMEOUT_MS)
+            .persistent(false)
             .fetch_one(&mut *conn)
             .await?;
         let lift = statement_timeout != 0 && statement_timeout <= millis.saturating_add(1000);
@@ -132,6 +137,7 @@ async fn timed(
         let mut args = key_args(key)?;
         add(&mut args, format!("{millis}ms"))?;
         sqlx::query_with(timed.for_key(key), args)
+            .persistent(false)
             .execute(&mut *conn)
             .await
             .map_err(|err| error::from_acquisition(err, key))?;
@@ -157,6 +163,7 @@ async fn set_local_statement_timeout(conn: &mut PgConnection, millis: i64) -> Re
     let mut args = PgArguments::default();
     add(&mut args, millis.to_string())?;
     sqlx::query_with(sql::SET_LOCAL_STATEMENT_TIMEOUT, args)
+        .persistent(false)
         .execute(conn)
         .await?;
     Ok(())
