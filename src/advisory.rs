@@ -3,7 +3,7 @@
 //! # Advisory locks belong to sessions
 //!
 //! PostgreSQL ties a session-level advisory lock to the *connection* that took it, not to
-//! a transaction or a task. Three facts follow, and they shape this module:
+//! a transaction or a task. Four facts follow, and they shape this module:
 //!
 //! - A pooled connection that goes back to the pool keeps its locks. The next borrower
 //!   of that connection then "holds" them, and nobody else can get them until the
@@ -14,6 +14,11 @@
 //! - sqlx cannot cancel a statement. A dropped `SELECT pg_advisory_lock(...)` keeps
 //!   waiting on the server, may be granted later, and the connection's next use waits for
 //!   it. So a cancelled acquisition must end the session, not just the future.
+//! - Behind a transaction-pooling proxy (PgBouncer) one client connection talks to
+//!   several server sessions. So the lock learns its server session (`pg_backend_pid()`)
+//!   before its first acquisition, every statement that changes levels acts only there,
+//!   and every statement reports where it ran: a move is [`Error::SessionNotPinned`],
+//!   before anything is taken on the wrong session.
 //!
 //! # The state machine
 //!
@@ -26,12 +31,20 @@
 //! | `InFlight`     | open         | a statement was sent, its answer not yet read  | see below                   |
 //! | `Disconnected` | none         | the session ended (failure or cancellation)    | `LockLost` once if levels were lost; then a new session from the pool (locks from [`AdvisoryLock::new`]) or [`Error::Disconnected`] |
 //! | `Interrupted`  | the caller's | a cancelled call left a *borrowed* session mid-statement | [`Error::Interrupted`] |
+//! | `NotPinned`    | none         | statements ran on two server sessions (a pooling proxy) | [`Error::SessionNotPinned`] |
 //! | `Closed`       | none         | `close` ran                                    | [`Error::Closed`]           |
 //!
 //! Every operation checks the state, sends one statement in the common path, and then
 //! updates the counts from the server's answer: the server is the truth, the counts our
 //! record of it. A session found gone while levels were held resets the counts and
-//! reports [`Error::LockLost`].
+//! reports [`Error::LockLost`]. Every statement but a deliberate wait (`lock()`,
+//! `lock_shared()`) is bounded by [`LockOptions::operation_timeout`]: one unanswered in
+//! time ends the session (`Disconnected`, or `Interrupted` if borrowed) and reports
+//! [`Error::Unresponsive`], or [`Error::LockLost`] if levels were held.
+//!
+//! A session's first use costs one statement more: an owned session is configured
+//! (see [`LockOptions`]; the answer also names its server session), a borrowed one is
+//! asked for its `pg_backend_pid()`.
 //!
 //! A statement's future dropped before its answer (a `timeout`, a `select!`) is a
 //! transition too, taken at once by a guard inside the future:
@@ -47,9 +60,8 @@
 //! for an owned connection ([`LockConnection::discard_on_drop`]); so does dropping it
 //! after it changed the session's settings (see [`LockOptions`]), which only an awaited
 //! [`close`](AdvisoryLock::close) can put back: close a lock to hand its connection back
-//! to the pool for reuse. A borrowed connection
-//! stays with its owner, and so do the levels on it (the owner's session, the owner's
-//! locks).
+//! to the pool for reuse. A borrowed connection stays with its owner, and so do the
+//! levels on it (the owner's session, the owner's locks).
 
 use std::fmt;
 use std::time::Duration;
