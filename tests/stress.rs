@@ -29,6 +29,17 @@ use pglock::{AdvisoryLock, LockKey};
 use sqlx::PgPool;
 use support::rt;
 
+/// The database of the stress runs: a private cluster of this test binary's own, even
+/// when `DATABASE_URL` names a shared server. 4 processes × (17 + 9) connections, twice
+/// over when both tests run at once, is more than a default server's 100 connections.
+fn stress_database_url() -> String {
+    static CLUSTER: std::sync::OnceLock<support::cluster::PrivateCluster> =
+        std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| support::cluster::PrivateCluster::start(&[]))
+        .url()
+}
+
 /// The child test's name: what the parent runs in each child process.
 const CHILD_TEST: &str = "stress_child_process";
 /// How long the parent waits for its children before it kills them and fails.
@@ -364,7 +375,7 @@ impl Drop for Tables {
         if let Some(params) = self.0.take() {
             let cleanup = std::panic::catch_unwind(|| {
                 rt::run(async move {
-                    let pool = support::pool_with(1).await;
+                    let pool = support::pool_at(&stress_database_url(), 1).await;
                     drop_tables(&pool, &params).await;
                     pool.close().await;
                 })
@@ -400,7 +411,7 @@ fn run_children(params: &Params) -> Vec<String> {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("DATABASE_URL", support::database_url())
+        .env("DATABASE_URL", stress_database_url())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -507,7 +518,7 @@ fn exclusive_sections_never_overlap_across_processes() {
     {
         let params = params.clone();
         rt::run(async move {
-            let pool = support::pool_with(2).await;
+            let pool = support::pool_at(&stress_database_url(), 2).await;
             create_tables(&pool, &params).await;
             pool.close().await;
         });
@@ -518,7 +529,7 @@ fn exclusive_sections_never_overlap_across_processes() {
     let params2 = params.clone();
     rt::run(async move {
         let params = params2;
-        let pool = support::pool_with(2).await;
+        let pool = support::pool_at(&stress_database_url(), 2).await;
         let (expected, _) = params.expected();
         let counters: Vec<(i32, i64)> = sqlx::query_as(safe(&format!(
             "SELECT key, n FROM {} ORDER BY key",
@@ -617,7 +628,7 @@ fn shared_sections_overlap_and_exclusive_ones_never_do() {
     {
         let params = params.clone();
         rt::run(async move {
-            let pool = support::pool_with(2).await;
+            let pool = support::pool_at(&stress_database_url(), 2).await;
             create_tables(&pool, &params).await;
             pool.close().await;
         });
@@ -625,7 +636,7 @@ fn shared_sections_overlap_and_exclusive_ones_never_do() {
     let _tables = Tables(Some(params.clone()));
     let children = run_children(&params);
     rt::run(async move {
-        let pool = support::pool_with(2).await;
+        let pool = support::pool_at(&stress_database_url(), 2).await;
         let (_, exclusive) = params.expected();
         let rows: i64 = sqlx::query_scalar(safe(&format!("SELECT count(*) FROM {}", params.log)))
             .fetch_one(&pool)
