@@ -78,8 +78,8 @@ use crate::{DistributedLock, Error, LockKey, LockOptions, Result, timer};
 /// A connection an [`AdvisoryLock`] can work on, owned or borrowed.
 ///
 /// Implemented for the connections sqlx hands out: an owned [`PgConnection`] or
-/// [`PoolConnection<Postgres>`], and `&mut` to anything that derefs to a
-/// [`PgConnection`] (`&mut PgConnection`, `&mut PoolConnection<Postgres>`,
+/// [`PoolConnection<Postgres>`], an owned [`sqlx::Transaction`], and `&mut` to anything
+/// that derefs to a [`PgConnection`] (`&mut PgConnection`, `&mut PoolConnection<Postgres>`,
 /// `&mut Transaction<'_, Postgres>`, ...). Implement it for your own connection wrapper
 /// in one line (`impl pglock::LockConnection for MyConn {}`); the defaults treat the
 /// connection as borrowed.
@@ -116,6 +116,12 @@ impl LockConnection for PoolConnection<Postgres> {
 }
 
 impl<T: AsMut<PgConnection> + Send + ?Sized> LockConnection for &mut T {}
+
+/// An owned transaction is the caller's session all the same: the lock treats it as
+/// borrowed. Levels left on it when the lock is dropped stay with its connection, which
+/// commit and rollback do not release, and which goes back to its pool with them: close
+/// the lock before you end the transaction (or pass `&mut tx`).
+impl LockConnection for sqlx::Transaction<'_, Postgres> {}
 
 /// Where the lock's session stands; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

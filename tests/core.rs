@@ -1011,6 +1011,20 @@ fn with_connection_over_a_borrowed_transaction_locks_on_that_session() {
 }
 
 #[test]
+fn with_connection_over_an_owned_transaction_locks_on_that_session() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(2).await;
+        let key = support::key("with_connection_over_an_owned_transaction");
+        let mut tx = pool.begin().await.unwrap();
+        let pid = support::backend_pid(&mut tx).await;
+        let mut lock = AdvisoryLock::with_connection(tx, key);
+        lock_and_unlock_on(&mut lock, pid).await;
+        lock.close().await.unwrap();
+        assert_eq!(support::advisory_locks_of(pid).await, 0);
+    }));
+}
+
+#[test]
 fn from_acquire_over_a_pool_takes_a_dedicated_connection() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(2).await;
