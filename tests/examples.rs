@@ -10,7 +10,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ static MYLOCK_EXAMPLES: Mutex<()> = Mutex::new(());
 
 #[test]
 fn migrations_example_applies_each_migration_once_across_4_processes() {
-    let bin = example("run_migrations_once");
+    let bin = support::examples::example("run_migrations_once");
     let migrations = migration_versions();
     assert!(!migrations.is_empty(), "migrations/ has no migration files");
 
@@ -132,7 +132,7 @@ fn migrations_example_applies_each_migration_once_across_4_processes() {
 
 #[test]
 fn leader_example_fails_over_within_3_s_of_killing_the_leader() {
-    let bin = example("leader");
+    let bin = support::examples::example("leader");
     // A lock name of our own, so no other leader process on the server joins the election.
     let name = format!("pglock-tests/leader/{}", std::process::id());
     let mut fleet = Fleet::start(&bin, &["--name", &name], &support::database_url(), 3);
@@ -254,7 +254,7 @@ fn smol_example_exits_0() {
 /// Runs one example to the end (bounded) against the test database and checks that it
 /// exits 0 having printed `expect`.
 fn run_example(name: &str, expect: &str) {
-    let bin = example(name);
+    let bin = support::examples::example(name);
     let _serial = MYLOCK_EXAMPLES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -326,85 +326,6 @@ async fn drop_database(database: &str) {
     .await
     .expect("drop the test database");
     let _ = conn.close().await;
-}
-
-/// The freshly built example `name`, under this test binary's target directory:
-/// `<target>/<profile>/examples/<name>`, next to `<target>/<profile>/deps/<this test>`.
-fn example(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <target>/<profile>/deps");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !built.iter().any(|done| done == name) {
-        build_example(name, profile_dir);
-        built.push(name.to_owned());
-    }
-    assert!(
-        path.is_file(),
-        "example binary {} not found after building it",
-        path.display()
-    );
-    path
-}
-
-/// `cargo build --example name` with this run's features and profile.
-fn build_example(name: &str, profile_dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name, "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-    match profile_dir.file_name().and_then(|dir| dir.to_str()) {
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(profile) if profile != "debug" => {
-            cmd.args(["--profile", profile]);
-        }
-        _ => {}
-    }
-    let features: Vec<&str> = [
-        ("runtime-tokio", cfg!(feature = "runtime-tokio")),
-        ("runtime-async-std", cfg!(feature = "runtime-async-std")),
-        ("runtime-smol", cfg!(feature = "runtime-smol")),
-        ("tls-native-tls", cfg!(feature = "tls-native-tls")),
-        ("tls-rustls", cfg!(feature = "tls-rustls")),
-        (
-            "tls-rustls-ring-webpki",
-            cfg!(feature = "tls-rustls-ring-webpki"),
-        ),
-        (
-            "tls-rustls-ring-native-roots",
-            cfg!(feature = "tls-rustls-ring-native-roots"),
-        ),
-        (
-            "tls-rustls-aws-lc-rs",
-            cfg!(feature = "tls-rustls-aws-lc-rs"),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(feature, on)| on.then_some(feature))
-    .collect();
-    if !features.is_empty() {
-        cmd.arg("--features").arg(features.join(","));
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|err| panic!("could not run {cmd:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One line an example printed on stdout, and when the test read it.

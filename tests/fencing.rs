@@ -13,10 +13,9 @@
 mod support;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -754,7 +753,7 @@ fn lock_fenced_takes_the_key_and_its_token_in_one_statement() {
 fn fencing_example_runs_the_pause_scenario_and_exits_0() {
     rt::run(async {
         let url = support::database_url();
-        let bin = example("fencing");
+        let bin = support::examples::example("fencing");
         let output = run_with_limit(Command::new(&bin).env("DATABASE_URL", &url), EXAMPLE_LIMIT);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -807,68 +806,4 @@ fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     }
-}
-
-/// The path of example `name`, built first (with this run's features and profile):
-/// `cargo test --test fencing` does not build examples, and an old binary would test
-/// old code.
-fn example(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <target>/<profile>/deps");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !built.iter().any(|done| done == name) {
-        build_example(name, profile_dir);
-        built.push(name.to_owned());
-    }
-    assert!(
-        path.is_file(),
-        "example {} not found after building it",
-        path.display()
-    );
-    path
-}
-
-fn build_example(name: &str, profile_dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name, "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-    match profile_dir.file_name().and_then(|dir| dir.to_str()) {
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(profile) if profile != "debug" => {
-            cmd.args(["--profile", profile]);
-        }
-        _ => {}
-    }
-    let features: Vec<&str> = [
-        ("migrate", true),
-        ("runtime-tokio", cfg!(feature = "runtime-tokio")),
-        ("runtime-async-std", cfg!(feature = "runtime-async-std")),
-        ("runtime-smol", cfg!(feature = "runtime-smol")),
-    ]
-    .into_iter()
-    .filter_map(|(feature, on)| on.then_some(feature))
-    .collect();
-    cmd.arg("--features").arg(features.join(","));
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|err| panic!("could not run {cmd:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -25,20 +25,6 @@ async fn holder(key: LockKey) -> i32 {
     only(support::holders(key).await)
 }
 
-/// Whether a brand-new session can take `key` exclusively now (it gives it back at once).
-async fn other_session_can_take(key: LockKey) -> bool {
-    support::free_for_another_session(key).await
-}
-
-/// Fails unless `elapsed` lies in `[low, high]`.
-fn assert_between(elapsed: Duration, low: Duration, high: Duration, what: &str) {
-    assert!(
-        elapsed >= low && elapsed <= high,
-        "{what}: took {elapsed:?}, expected between {low:?} and {high:?} on {}",
-        rt::NAME
-    );
-}
-
 /// Every pool connection is back, and none of them holds or waits for an advisory lock.
 async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
     support::settled(pool, WAIT).await;
@@ -82,14 +68,14 @@ fn lock_guard_holds_the_key_and_release_frees_it_at_once() {
             vec![(pid, "ExclusiveLock".to_owned())]
         );
         assert!(
-            !other_session_can_take(key).await,
+            !support::free_for_another_session(key).await,
             "another session took a key held through a guard"
         );
 
         guard.release().await.unwrap();
         // At once: no polling.
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;
@@ -109,12 +95,12 @@ fn dropped_guard_keeps_the_key_until_is_held_releases_it() {
 
         // Drop cannot reach the server: the level is owed, the key still held.
         assert_eq!(support::holders(key).await, vec![pid]);
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         // The next operation first gives the owed level back.
         assert!(!lock.is_held().await.unwrap());
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;
@@ -130,7 +116,7 @@ fn dropped_guard_is_released_before_the_next_try_lock_takes_a_new_level() {
 
         drop(lock.lock_guard().await.unwrap());
         let pid = holder(key).await;
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         // try_lock releases the owed level, then takes one: one level in all, so one
         // unlock frees the key (two levels would keep it held).
@@ -141,7 +127,7 @@ fn dropped_guard_is_released_before_the_next_try_lock_takes_a_new_level() {
             support::holders(key).await.is_empty(),
             "the dropped guard's level was not released before try_lock"
         );
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert!(matches!(
             lock.unlock().await,
             Err(Error::NotHeld { key: k, mode: LockMode::Exclusive }) if k == key
@@ -161,11 +147,11 @@ fn dropped_guard_then_close_frees_the_key() {
 
         drop(lock.lock_guard().await.unwrap());
         let pid = holder(key).await;
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         // close hands a clean connection back to the pool.
         assert_pool_holds_no_advisory_lock(&pool).await;
         assert_eq!(support::advisory_locks_of(pid).await, 0);
@@ -181,13 +167,13 @@ fn dropped_guard_then_dropped_lock_frees_the_key_with_its_connection() {
 
         drop(lock.lock_guard().await.unwrap());
         let pid = holder(key).await;
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         drop(lock);
         let took = support::eventually(
             Duration::from_secs(1),
             "another session gets the key after the lock was dropped",
-            || other_session_can_take(key),
+            || support::free_for_another_session(key),
         )
         .await;
         eprintln!(
@@ -228,25 +214,25 @@ fn shared_guards_of_two_locks_overlap_and_keep_an_exclusive_try_out_until_both_a
             .map(|(pid, _)| *pid)
             .find(|pid| *pid != holders[0].0)
             .unwrap();
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         first_guard.release().await.unwrap();
         assert_eq!(support::holders(key).await.len(), 1);
         assert!(
-            !other_session_can_take(key).await,
+            !support::free_for_another_session(key).await,
             "one shared guard is left"
         );
 
         drop(second_guard);
         // Owed, not yet released.
         assert_eq!(support::holders(key).await.len(), 1);
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         // Flushed by the lock's next operation.
         assert!(!second.is_held().await.unwrap());
         assert!(support::holders(key).await.is_empty());
         assert_eq!(support::advisory_locks_of(second_pid).await, 0);
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         first.close().await.unwrap();
         second.close().await.unwrap();
@@ -275,7 +261,7 @@ fn try_lock_guard_is_none_while_held_elsewhere_and_some_when_free() {
             .is_none();
         let elapsed = start.elapsed();
         assert!(gave_up);
-        assert_between(
+        support::assert_between(
             elapsed,
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -294,7 +280,7 @@ fn try_lock_guard_is_none_while_held_elsewhere_and_some_when_free() {
             .is_none();
         let elapsed = start.elapsed();
         assert!(gave_up);
-        assert_between(
+        support::assert_between(
             elapsed,
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -366,7 +352,7 @@ fn dropping_a_guard_over_stacked_levels_releases_only_its_own_level() {
         // Flush the owed level: two manual levels remain.
         assert!(lock.is_held().await.unwrap());
         assert_eq!(support::holders(key).await, vec![pid]);
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         lock.unlock().await.unwrap();
         assert_eq!(
@@ -374,11 +360,11 @@ fn dropping_a_guard_over_stacked_levels_releases_only_its_own_level() {
             vec![pid],
             "one manual level is left"
         );
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         lock.unlock().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert!(matches!(
             lock.unlock().await,
             Err(Error::NotHeld { key: k, mode: LockMode::Exclusive }) if k == key
@@ -446,7 +432,7 @@ fn guard_release_after_the_session_was_terminated_is_lock_lost() {
             matches!(released, Err(Error::LockLost { key: k }) if k == key),
             "release after the session was terminated: {released:?}"
         );
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;
@@ -469,7 +455,7 @@ fn dropped_guard_after_the_session_was_terminated_is_lock_lost_at_the_next_opera
             matches!(next, Err(Error::LockLost { key: k }) if k == key),
             "the owed release after the session was terminated: {next:?}"
         );
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;

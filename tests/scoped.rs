@@ -11,26 +11,12 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use futures_lite::future::zip;
 use pglock::memory::MemoryLocks;
-use pglock::{LockKey, LockProvider, try_with_lock, with_lock, with_lock_for, with_lock_shared};
+use pglock::{LockProvider, try_with_lock, with_lock, with_lock_for, with_lock_shared};
 use sqlx::{Connection, PgPool};
 use support::rt;
 
 /// The bound on every wait that should end.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Whether a brand-new session can take `key` exclusively now (it gives it back at once).
-async fn other_session_can_take(key: LockKey) -> bool {
-    support::free_for_another_session(key).await
-}
-
-/// Fails unless `elapsed` lies in `[low, high]`.
-fn assert_between(elapsed: Duration, low: Duration, high: Duration, what: &str) {
-    assert!(
-        elapsed >= low && elapsed <= high,
-        "{what}: took {elapsed:?}, expected between {low:?} and {high:?} on {}",
-        rt::NAME
-    );
-}
 
 /// Every pool connection is back, and none of them holds or waits for an advisory lock.
 async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
@@ -61,7 +47,7 @@ fn with_lock_runs_the_closure_under_the_key_and_frees_it_at_once_after() {
                 "one session holds the key"
             );
             assert!(
-                !other_session_can_take(key).await,
+                !support::free_for_another_session(key).await,
                 "another session took the key inside with_lock"
             );
             42
@@ -72,7 +58,7 @@ fn with_lock_runs_the_closure_under_the_key_and_frees_it_at_once_after() {
 
         // At once, no polling.
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -84,7 +70,7 @@ fn with_lock_hands_back_the_closures_error_and_frees_the_key() {
         let key = support::key("with_lock_hands_back_the_closures_error");
 
         let outcome: pglock::Result<Result<(), String>> = with_lock(&pool, key, || async move {
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
             Err("the work failed".to_owned())
         })
         .await;
@@ -94,7 +80,7 @@ fn with_lock_hands_back_the_closures_error_and_frees_the_key() {
         }
 
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -109,7 +95,7 @@ fn a_panic_inside_with_lock_propagates_and_the_key_is_freed() {
 
         let helper = with_lock(&pool, key, move || async move {
             entered.store(true, Ordering::SeqCst);
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
             let fail = true;
             if fail {
                 panic!("work panicked under the lock");
@@ -132,7 +118,7 @@ fn a_panic_inside_with_lock_propagates_and_the_key_is_freed() {
         let took = support::eventually(
             Duration::from_secs(1),
             "another session gets the key after the panic",
-            || other_session_can_take(key),
+            || support::free_for_another_session(key),
         )
         .await;
         eprintln!("[{}] key free {took:?} after the panic", rt::NAME);
@@ -157,7 +143,7 @@ fn two_with_lock_shared_helpers_overlap_while_an_exclusive_try_fails() {
                 with_lock_shared(pool, key, move || async move {
                     raise(max_inside, inside.fetch_add(1, Ordering::SeqCst) + 1);
                     rt::sleep(Duration::from_millis(300)).await;
-                    if !other_session_can_take(key).await {
+                    if !support::free_for_another_session(key).await {
                         exclusive_failed.fetch_add(1, Ordering::SeqCst);
                     }
                     inside.fetch_sub(1, Ordering::SeqCst);
@@ -183,7 +169,7 @@ fn two_with_lock_shared_helpers_overlap_while_an_exclusive_try_fails() {
         );
 
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -227,7 +213,7 @@ fn with_lock_shared_holds_the_key_in_share_mode_in_two_sessions_at_once() {
             assert!(holders.iter().all(|(_, mode)| mode == "ShareLock"));
             assert_ne!(holders[0].0, holders[1].0);
         }
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -260,7 +246,7 @@ fn try_with_lock_skips_the_closure_while_held_elsewhere_and_runs_it_when_free() 
         let value = try_with_lock(&pool, key, move || async move {
             ran.store(true, Ordering::SeqCst);
             assert_eq!(support::holders(key).await.len(), 1);
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
             2
         })
         .await
@@ -298,7 +284,7 @@ fn with_lock_for_gives_up_within_the_bound_while_held_elsewhere() {
             !ran.load(Ordering::SeqCst),
             "the closure ran without the key"
         );
-        assert_between(
+        support::assert_between(
             elapsed,
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -329,7 +315,7 @@ fn with_lock_for_runs_the_closure_when_the_holder_releases_inside_the_window() {
         let start = Instant::now();
         let helper = with_lock_for(&pool, key, Duration::from_secs(3), move || async move {
             let granted = start.elapsed();
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
             granted
         });
         let holder = async {
@@ -428,13 +414,13 @@ fn helpers_work_through_a_dyn_lock_provider() {
         let provider: &dyn LockProvider = &pool;
         let value = with_lock(provider, key, || async move {
             assert_eq!(support::holders(key).await.len(), 1);
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
             1
         })
         .await
         .unwrap();
         assert_eq!(value, 1);
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
 
         let mut other = support::connect().await;
         assert!(support::try_lock_on(&mut other, key).await);
@@ -454,7 +440,7 @@ fn helpers_work_through_a_dyn_lock_provider() {
             Some(4)
         );
         let _ = other.close().await;
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
 
         let provider: &dyn LockProvider = &locks;
@@ -505,7 +491,7 @@ fn dropping_a_with_lock_future_while_it_waits_leaves_no_trace() {
         let took = support::eventually(
             Duration::from_secs(2),
             "another session gets the key after the holder released",
-            || other_session_can_take(key),
+            || support::free_for_another_session(key),
         )
         .await;
         eprintln!(
@@ -545,7 +531,7 @@ fn dropping_a_with_lock_future_while_its_closure_runs_frees_the_key() {
                 entered.load(Ordering::SeqCst) && support::holders(key).await.len() == 1
             })
             .await;
-            assert!(!other_session_can_take(key).await);
+            assert!(!support::free_for_another_session(key).await);
         };
         let (outcome, ()) = zip(rt::timeout(Duration::from_millis(500), helper), watch).await;
         assert!(outcome.is_none());
@@ -554,7 +540,7 @@ fn dropping_a_with_lock_future_while_its_closure_runs_frees_the_key() {
         let took = support::eventually(
             Duration::from_secs(1),
             "another session gets the key after the helper was dropped mid-work",
-            || other_session_can_take(key),
+            || support::free_for_another_session(key),
         )
         .await;
         eprintln!(

@@ -16,20 +16,6 @@ use support::rt;
 /// The bound on every wait that should end.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Whether a brand-new session can take `key` exclusively now (it gives it back at once).
-async fn other_session_can_take(key: LockKey) -> bool {
-    support::free_for_another_session(key).await
-}
-
-/// Fails unless `elapsed` lies in `[low, high]`.
-fn assert_between(elapsed: Duration, low: Duration, high: Duration, what: &str) {
-    assert!(
-        elapsed >= low && elapsed <= high,
-        "{what}: took {elapsed:?}, expected between {low:?} and {high:?} on {}",
-        rt::NAME
-    );
-}
-
 /// `SELECT 1` in the transaction: it is usable (not aborted).
 async fn select_one(tx: &mut Transaction<'_, Postgres>) {
     let one: i32 = sqlx::query_scalar("SELECT 1")
@@ -71,13 +57,16 @@ fn xact_lock_holds_the_key_until_commit() {
             support::holders_with_mode(key).await,
             vec![(pid, "ExclusiveLock".to_owned())]
         );
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
         select_one(&mut tx).await;
-        assert!(!other_session_can_take(key).await, "held past a statement");
+        assert!(
+            !support::free_for_another_session(key).await,
+            "held past a statement"
+        );
 
         tx.commit().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -92,11 +81,11 @@ fn xact_lock_is_released_by_rollback() {
 
         xact::lock(&mut tx, key).await.unwrap();
         assert_eq!(support::holders(key).await, vec![pid]);
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         tx.rollback().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -111,13 +100,13 @@ fn xact_lock_is_released_when_the_transaction_is_dropped() {
 
         xact::lock(&mut tx, key).await.unwrap();
         assert_eq!(support::holders(key).await, vec![pid]);
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
 
         drop(tx);
         let took = support::eventually(
             Duration::from_secs(1),
             "another session gets the key after the transaction was dropped",
-            || other_session_can_take(key),
+            || support::free_for_another_session(key),
         )
         .await;
         eprintln!(
@@ -157,7 +146,7 @@ fn two_transactions_share_the_key_and_keep_an_exclusive_try_out_until_both_commi
                 .await
                 .unwrap()
         );
-        assert_between(
+        support::assert_between(
             start.elapsed(),
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -183,9 +172,9 @@ fn two_transactions_share_the_key_and_keep_an_exclusive_try_out_until_both_commi
             support::holders_with_mode(key).await,
             vec![(third_pid, "ExclusiveLock".to_owned())]
         );
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
         third.commit().await.unwrap();
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -206,7 +195,7 @@ fn xact_try_lock_fails_against_a_session_lock_and_leaves_the_transaction_usable(
 
         assert!(support::unlock_on(&mut other, key).await);
         let _ = other.close().await;
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -241,7 +230,7 @@ fn xact_try_lock_for_times_out_in_time_and_leaves_the_transaction_and_its_settin
             matches!(acquired, Ok(false)),
             "xact::try_lock_for(100ms) while held elsewhere: {acquired:?}"
         );
-        assert_between(
+        support::assert_between(
             elapsed,
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -354,7 +343,7 @@ fn a_short_local_statement_timeout_does_not_cut_a_longer_xact_try_lock_for() {
             matches!(acquired, Ok(false)),
             "a 1 s wait under statement_timeout = 50ms: {acquired:?} after {elapsed:?}"
         );
-        assert_between(
+        support::assert_between(
             elapsed,
             Duration::from_secs(1),
             Duration::from_millis(1250),
@@ -508,8 +497,8 @@ fn a_deadlock_between_transactions_fails_one_acquisition_and_leaves_its_transact
         select_one(&mut winner_tx).await;
         winner_tx.commit().await.unwrap();
 
-        assert!(other_session_can_take(first_key).await);
-        assert!(other_session_can_take(second_key).await);
+        assert!(support::free_for_another_session(first_key).await);
+        assert!(support::free_for_another_session(second_key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -530,7 +519,7 @@ fn xact_locks_work_with_int_pair_keys() {
             support::holders_by_server_arithmetic(key).await,
             vec![first_pid]
         );
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
         assert!(!xact::try_lock(&mut second, key).await.unwrap());
         assert!(!xact::try_lock_shared(&mut second, key).await.unwrap());
         let start = Instant::now();
@@ -539,7 +528,7 @@ fn xact_locks_work_with_int_pair_keys() {
                 .await
                 .unwrap()
         );
-        assert_between(
+        support::assert_between(
             start.elapsed(),
             Duration::from_millis(100),
             Duration::from_millis(350),
@@ -558,7 +547,7 @@ fn xact_locks_work_with_int_pair_keys() {
             support::holders_by_server_arithmetic(key).await,
             vec![second_pid]
         );
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
         second.commit().await.unwrap();
 
         let mut third = pool.begin().await.unwrap();
@@ -568,10 +557,10 @@ fn xact_locks_work_with_int_pair_keys() {
                 .unwrap()
         );
         assert!(xact::try_lock(&mut third, key).await.unwrap(), "stacks");
-        assert!(!other_session_can_take(key).await);
+        assert!(!support::free_for_another_session(key).await);
         third.rollback().await.unwrap();
         assert!(support::holders_by_server_arithmetic(key).await.is_empty());
-        assert!(other_session_can_take(key).await);
+        assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }

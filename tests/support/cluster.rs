@@ -42,10 +42,9 @@ impl PrivateCluster {
             // initdb refuses to run as root: the server runs as the `postgres` user.
             run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
         }
-        let port = free_port();
-        let cluster = PrivateCluster {
+        let mut cluster = PrivateCluster {
             dir,
-            port,
+            port: 0,
             bin,
             as_postgres,
         };
@@ -58,32 +57,52 @@ impl PrivateCluster {
             "UTF8",
             "--no-sync",
         ]));
-        let mut conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_connections = 300\nshared_preload_libraries = 'pg_stat_statements'\n",
-            cluster.dir.display()
-        );
-        for setting in settings {
-            conf.push_str(setting);
-            conf.push('\n');
-        }
-        let auto_conf = data.join("postgresql.auto.conf");
-        std::fs::write(&auto_conf, conf).expect("write postgresql.auto.conf");
-        if as_postgres {
-            run(Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&auto_conf));
-        }
         cluster.remove_at_exit();
-        run(cluster
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(cluster.dir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]));
-        cluster
+        // A free port can be taken by someone else before the server binds it (another
+        // test's cluster, say): try a few, and show the server's log if none works.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            cluster.port = free_port();
+            let mut conf = format!(
+                "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+                 fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+                 max_connections = 300\nshared_preload_libraries = 'pg_stat_statements'\n",
+                cluster.port,
+                cluster.dir.display()
+            );
+            for setting in settings {
+                conf.push_str(setting);
+                conf.push('\n');
+            }
+            let auto_conf = data.join("postgresql.auto.conf");
+            std::fs::write(&auto_conf, conf).expect("write postgresql.auto.conf");
+            if as_postgres {
+                run(Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&auto_conf));
+            }
+            let log = cluster.dir.join("server.log");
+            let started = try_run(
+                cluster
+                    .command("pg_ctl")
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-w", "-t", "60", "start"]),
+            );
+            match started {
+                Ok(()) => return cluster,
+                Err(err) => failures.push(format!(
+                    "{err}\nserver log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
+            }
+        }
+        panic!(
+            "could not start a private PostgreSQL cluster:\n{}",
+            failures.join("\n---\n")
+        );
     }
 
     /// A URL for the `postgres` database of this cluster.
@@ -209,16 +228,24 @@ fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) {
+    if let Err(err) = try_run(cmd) {
+        panic!("{err}");
+    }
+}
+
+fn try_run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd
         .output()
-        .unwrap_or_else(|err| panic!("could not run {cmd:?}: {err}"));
-    assert!(
-        out.status.success(),
+        .map_err(|err| format!("could not run {cmd:?}: {err}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{cmd:?} failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 impl PrivateCluster {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod examples;
 pub mod rt;
 
 use std::time::{Duration, Instant};
@@ -140,20 +141,7 @@ where
 /// Granted advisory locks on `key` as `(pid, mode)`, `mode` as `pg_locks` names it
 /// (`ExclusiveLock`, `ShareLock`), ordered by pid then mode.
 pub async fn holders_with_mode(key: LockKey) -> Vec<(i32, String)> {
-    let (classid, objid, objsubid) = key.pg_locks_ids();
-    let mut conn = connect().await;
-    let rows = sqlx::query_as(
-        "SELECT pid, mode FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
-    )
-    .bind(sqlx::postgres::types::Oid(classid))
-    .bind(sqlx::postgres::types::Oid(objid))
-    .bind(objsubid)
-    .fetch_all(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    rows
+    holders_with_mode_at(&database_url(), key).await
 }
 
 /// Like [`holders`], but finds the key in `pg_locks` with the server's own arithmetic
@@ -383,4 +371,13 @@ pub fn require_password_for(cluster: &cluster::PrivateCluster, role: &str) {
     // Rewritten in place: the file keeps its owner (the server's user) and mode.
     std::fs::write(&hba, format!("{line}{current}")).expect("write pg_hba.conf");
     cluster.pg_ctl(&["reload"]);
+}
+
+/// Fails unless `elapsed` lies in `[low, high]`.
+pub fn assert_between(elapsed: Duration, low: Duration, high: Duration, what: &str) {
+    assert!(
+        elapsed >= low && elapsed <= high,
+        "{what}: took {elapsed:?}, expected between {low:?} and {high:?} on {}",
+        rt::NAME
+    );
 }
