@@ -163,7 +163,7 @@ struct SessionFacts {
 
 /// Levels whose release was asked for synchronously (a guard's drop) and is still owed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Deferred {
+struct Deferred {
     exclusive: u32,
     shared: u32,
 }
@@ -629,7 +629,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// The bind parameters of a statement that changes levels: the server session the
     /// levels live on (`$1`, known once `open_session` ran), then the key.
-    pub(crate) fn session_args(&self) -> Result<PgArguments> {
+    fn session_args(&self) -> Result<PgArguments> {
         let pid = self.facts.backend_pid.ok_or(Error::Closed)?;
         let mut args = PgArguments::default();
         add(&mut args, pid)?;
