@@ -1096,4 +1096,8 @@ impl<C: LockConnection> DistributedLock for AdvisoryLock<C> {
     async fn is_held(&mut self) -> Result<bool> {
         AdvisoryLock::is_held(self).await
     }
+
+    async fn lost(&mut self) -> Error {
+        AdvisoryLock::lost(self).await
+    }
 }

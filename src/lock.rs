@@ -72,6 +72,15 @@ pub trait DistributedLock: Send {
     /// Whether this lock's session holds the key in any mode, as the lock service
     /// (for PostgreSQL: `pg_locks`) says.
     async fn is_held(&mut self) -> Result<bool>;
+
+    /// Resolves when the levels this lock holds are lost, with the reason
+    /// ([`Error::LockLost`](crate::Error::LockLost)); race it against the work the lock
+    /// protects. With nothing held it resolves at once with
+    /// [`Error::NotHeld`](crate::Error::NotHeld), on a closed lock with
+    /// [`Error::Closed`](crate::Error::Closed). See
+    /// [`AdvisoryLock::lost`](crate::AdvisoryLock::lost) for how PostgreSQL locks detect
+    /// a loss; an in-memory lock is never lost, so there it waits for ever.
+    async fn lost(&mut self) -> crate::Error;
 }
 
 /// Makes locks: what application code holds (as `Arc<dyn LockProvider>`) so that its

@@ -197,6 +197,21 @@ impl MemoryLock {
         Ok(())
     }
 
+    /// As [`DistributedLock::lost`]: an in-memory session is never lost, so with levels
+    /// held this waits for ever (race it against the work, as with PostgreSQL); with
+    /// none it resolves at once with [`Error::NotHeld`], on a closed lock with
+    /// [`Error::Closed`].
+    pub async fn lost(&mut self) -> Error {
+        match self.is_held().await {
+            Err(err) => err,
+            Ok(false) => Error::NotHeld {
+                key: self.key,
+                mode: LockMode::Exclusive,
+            },
+            Ok(true) => std::future::pending().await,
+        }
+    }
+
     /// Whether this session holds the key in any mode.
     pub async fn is_held(&mut self) -> Result<bool> {
         self.open()?;
@@ -317,6 +332,10 @@ impl DistributedLock for MemoryLock {
 
     async fn is_held(&mut self) -> Result<bool> {
         MemoryLock::is_held(self).await
+    }
+
+    async fn lost(&mut self) -> Error {
+        MemoryLock::lost(self).await
     }
 }
 

@@ -50,4 +50,5 @@ conformance!(
     cancelled_wait_leaves_no_trace,
     many_tasks_on_one_key_never_overlap,
     is_held_reports_any_mode,
+    lost_resolves_at_once_without_levels_and_not_while_held,
 );

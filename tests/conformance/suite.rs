@@ -366,3 +366,22 @@ pub async fn is_held_reports_any_mode(backend: Backend) {
     assert!(!backend.is_postgres() || backend.holders(key).await == 1);
     a.close().await.unwrap();
 }
+
+pub async fn lost_resolves_at_once_without_levels_and_not_while_held(backend: Backend) {
+    let key = key("lost");
+    let mut a = backend.lock(key).await;
+    assert!(matches!(a.lost().await, Error::NotHeld { .. }));
+    a.lock().await.unwrap();
+    assert!(
+        rt::timeout(Duration::from_millis(1500), a.lost())
+            .await
+            .is_none(),
+        "a held lock is not lost"
+    );
+    assert!(
+        a.is_held().await.unwrap(),
+        "still held after the lost() race"
+    );
+    a.close().await.unwrap();
+    assert!(matches!(a.lost().await, Error::Closed));
+}
