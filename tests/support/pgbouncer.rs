@@ -12,10 +12,52 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
-/// What to do when PgBouncer is not installed: the suite fails, it never skips.
-pub const INSTALL_HINT: &str = "PgBouncer is not installed: the pgbouncer suite needs the \
-     `pgbouncer` binary (Debian/Ubuntu: `apt-get install pgbouncer`; it is looked up on PATH \
-     and in /usr/sbin)";
+/// What to install when PgBouncer is missing.
+pub const INSTALL_HINT: &str = "the pgbouncer suite needs the `pgbouncer` binary \
+     (Debian/Ubuntu: `apt-get install pgbouncer`; it is looked up on PATH and in /usr/sbin)";
+
+/// Set to `1` to make a missing PgBouncer fail the suite instead of skipping it (CI does).
+pub const REQUIRE_ENV: &str = "PGLOCK_REQUIRE_PGBOUNCER";
+
+/// The `pgbouncer` binary, if it is installed.
+pub fn find() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|path| path.is_file())
+}
+
+/// The `pgbouncer` binary for a test of the suite, or `None` when the suite should not
+/// run: PgBouncer is an optional tool, so without it a test returns at once, after one
+/// line on the terminal (once per process, past libtest's output capture) that says the
+/// suite did not run and how to make it run. With `PGLOCK_REQUIRE_PGBOUNCER=1` a missing
+/// binary fails the test instead.
+pub fn required() -> Option<PathBuf> {
+    if let Some(binary) = find() {
+        return Some(binary);
+    }
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        panic!("PgBouncer is not installed and {REQUIRE_ENV}=1: {INSTALL_HINT}");
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        use std::io::Write;
+        // Straight to the terminal: libtest captures only the print macros.
+        let _ = writeln!(
+            std::io::stderr(),
+            "pgbouncer suite DID NOT RUN: PgBouncer is not installed; {INSTALL_HINT}; \
+             {REQUIRE_ENV}=1 makes its absence a failure"
+        );
+    });
+    None
+}
+
+/// The `pgbouncer` binary, or a failure naming the package to install.
+pub fn binary() -> PathBuf {
+    find().unwrap_or_else(|| panic!("PgBouncer is not installed: {INSTALL_HINT}"))
+}
 
 /// A running PgBouncer; dropping it stops the process and removes its directory.
 pub struct PgBouncer {
@@ -25,17 +67,6 @@ pub struct PgBouncer {
     database: String,
     user: String,
     version: (u32, u32),
-}
-
-/// The `pgbouncer` binary, or a failure naming the package to install.
-pub fn binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("pgbouncer"))
-        .find(|path| path.is_file());
-    on_path.unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
 
 /// `(major, minor)` from `pgbouncer --version` ("PgBouncer 1.18.0 ...").
