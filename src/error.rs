@@ -140,6 +140,19 @@ pub enum Error {
         pid: Option<i32>,
     },
 
+    /// The server is a hot standby (`pg_is_in_recovery()`): it grants advisory locks, but
+    /// they are local to it (not WAL-logged) and exclude no session on the primary or on
+    /// another standby. Nothing was taken.
+    #[error(
+        "the server is a hot standby (in recovery): advisory locks taken there are local to \
+         it and exclude no one on the primary, so advisory lock {key} was not taken; point \
+         the database URL at the primary"
+    )]
+    StandbyServer {
+        /// The key that was being acquired.
+        key: LockKey,
+    },
+
     /// PostgreSQL broke a deadlock (SQLSTATE 40P01) by failing this acquisition.
     #[error(
         "acquiring advisory lock {key} would deadlock with another session (SQLSTATE 40P01); \

@@ -13,6 +13,27 @@ use crate::{LockKey, Result};
 /// may hold both on its key. The trait is object-safe, so code can take a
 /// `Box<dyn DistributedLock>` and tests can hand it another implementation.
 ///
+/// # When a lock is lost
+///
+/// A lock's levels can be lost through no fault of the caller: its session ends (it is
+/// terminated, the network is cut, the server restarts or fails over). A loss takes every
+/// level the lock held at that moment, in both modes. From then on, until each lost level
+/// is accounted for:
+///
+/// - each [`unlock`](Self::unlock) / [`unlock_shared`](Self::unlock_shared) that pairs
+///   with a lost level returns [`Error::LockLost`](crate::Error::LockLost), never
+///   [`Error::NotHeld`](crate::Error::NotHeld), and accounts for that level; `NotHeld`
+///   stays for an unlock that pairs with no acquisition at all;
+/// - [`is_held`](Self::is_held), [`lost`](Self::lost) and [`close`](Self::close) return
+///   `LockLost` while any lost level is unaccounted for (`close` still closes the lock,
+///   and accounts for all of them);
+/// - a new acquisition works (on a fresh session where the lock can open one). Levels are
+///   a stack per mode: unlocks pair with the newest levels first, so the levels taken
+///   after the loss are released normally, and the lost ones are reported after them.
+///
+/// Guards, the `with_lock` helpers and fenced acquisitions follow the same rules (a
+/// dropped guard accounts for its level silently: nobody is there to tell).
+///
 /// ```no_run
 /// use pglock::{AdvisoryLock, DistributedLock};
 ///
