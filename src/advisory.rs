@@ -15,164 +15,45 @@
 //!   waiting on the server, may be granted later, and the connection's next use waits for
 //!   it. So a cancelled acquisition must end the session, not just the future.
 //! - Behind a transaction-pooling proxy (PgBouncer) one client connection talks to
-//!   several server sessions. So the lock learns its server session (`pg_backend_pid()`)
-//!   before its first acquisition, every statement that changes levels acts only there,
-//!   and every statement reports where it ran: a move is [`Error::SessionNotPinned`],
-//!   before anything is taken on the wrong session.
+//!   several server sessions. So every statement that changes levels acts only on the
+//!   server session the lock learned first, and reports where it ran.
 //!
-//! # The state machine
+//! The session — its connection, its state machine, what it learned, how a statement is
+//! bounded and how it ends — is [`crate::session`]'s. A lock keeps its key and its counts:
+//! the levels it holds, the levels a dropped guard still owes, and the levels it lost and
+//! has not reported yet. Every public method checks, sends at most one statement in the
+//! common path, and updates the counts from the server's answer: the server is the truth,
+//! the counts our record of it.
 //!
-//! A lock knows its key, how many exclusive and shared levels it holds, and the state of
-//! its session:
+//! # Losing levels
 //!
-//! | state          | session      | meaning                                        | next operation              |
-//! |----------------|--------------|------------------------------------------------|-----------------------------|
-//! | `Ready`        | open         | idle and usable                                | runs                        |
-//! | `InFlight`     | open         | a statement was sent, its answer not yet read  | see below                   |
-//! | `Disconnected` | none         | the session ended (failure or cancellation)    | `LockLost` once if levels were lost; then a new session from the pool (locks from [`AdvisoryLock::new`]) or [`Error::Disconnected`] |
-//! | `Interrupted`  | the caller's | a cancelled call left a *borrowed* session mid-statement | [`Error::Interrupted`] |
-//! | `NotPinned`    | none         | statements ran on two server sessions (a pooling proxy) | [`Error::SessionNotPinned`] |
-//! | `Closed`       | none         | `close` ran                                    | [`Error::Closed`]           |
+//! The lock records the session generation its levels live in. When the session ends
+//! (an error, a silent network, a cancelled statement, a terminated backend) the levels
+//! become *lost*, and stay reported until accounted for, as [`DistributedLock`] states:
+//! each unlock that pairs with a lost level is [`Error::LockLost`]; `is_held`, `lost` and
+//! `close` are `LockLost` while any is unaccounted for; new acquisitions work, on a fresh
+//! session for locks from [`AdvisoryLock::new`] (an acquisition that finds its session
+//! gone tries once more on a new one, since nothing it did can have survived).
 //!
-//! Every operation checks the state, sends one statement in the common path, and then
-//! updates the counts from the server's answer: the server is the truth, the counts our
-//! record of it. A session found gone while levels were held resets the counts and
-//! reports [`Error::LockLost`]. Every statement but a deliberate wait (`lock()`,
-//! `lock_shared()`) is bounded by [`LockOptions::operation_timeout`]: one unanswered in
-//! time ends the session (`Disconnected`, or `Interrupted` if borrowed) and reports
-//! [`Error::Unresponsive`], or [`Error::LockLost`] if levels were held.
-//!
-//! A session's first use costs one statement more: an owned session is configured
-//! (see [`LockOptions`]; the answer also names its server session), a borrowed one is
-//! asked for its `pg_backend_pid()`.
-//!
-//! A statement's future dropped before its answer (a `timeout`, a `select!`) is a
-//! transition too, taken at once by a guard inside the future:
-//!
-//! - a read (`is_held`, the lost-lock check) stays `InFlight`; its answer is small and
-//!   sqlx reads it before the next statement;
-//! - anything that may change levels (`lock`, `try_lock`, timed waits, `unlock`, `close`)
-//!   ends an owned session on the spot (an owned pool connection is closed, not returned),
-//!   so the server stops waiting and frees every level: `Disconnected`. A borrowed session
-//!   cannot be ended by us: `Interrupted`.
-//!
-//! Dropping the lock while it holds levels, or with a statement in flight, does the same
-//! for an owned connection ([`LockConnection::discard_on_drop`]); so does dropping it
-//! after it changed the session's settings (see [`LockOptions`]), which only an awaited
-//! [`close`](AdvisoryLock::close) can put back: close a lock to hand its connection back
-//! to the pool for reuse. A borrowed connection stays with its owner, and so do the
-//! levels on it (the owner's session, the owner's locks).
+//! A lock dropped while it holds levels, or with a statement in flight, or after it set
+//! its session up (see [`LockOptions`]), closes an owned pool connection instead of
+//! returning it: close a lock to hand its connection back to the pool for reuse. A
+//! borrowed connection stays with its owner, and so do the levels on it (the owner's
+//! session, the owner's locks).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::Acquire;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
+use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
-use crate::error::{self, LockMode, sqlstate};
+use crate::error::LockMode;
+use crate::levels::Levels;
+use crate::session::{self, Effect, Reconnect, Session};
 use crate::sql::{self, KeyedSql, add};
-use crate::{DistributedLock, Error, LockKey, LockOptions, Result, timer};
-
-/// A connection an [`AdvisoryLock`] can work on, owned or borrowed.
-///
-/// Implemented for the connections sqlx hands out: an owned [`PgConnection`] or
-/// [`PoolConnection<Postgres>`], an owned [`sqlx::Transaction`], and `&mut` to anything
-/// that derefs to a [`PgConnection`] (`&mut PgConnection`, `&mut PoolConnection<Postgres>`,
-/// `&mut Transaction<'_, Postgres>`, ...). Implement it for your own connection wrapper
-/// in one line (`impl pglock::LockConnection for MyConn {}`); the defaults treat the
-/// connection as borrowed.
-pub trait LockConnection: AsMut<PgConnection> + Send {
-    /// Whether the lock owns the session: it may then set session options on it and end
-    /// it when that is the only safe way out. Borrowed connections: `false`.
-    fn owns_session(&self) -> bool {
-        false
-    }
-
-    /// Called before the lock lets go of a session that holds levels or is mid-statement.
-    ///
-    /// An owned pool connection closes itself rather than going back to the pool (where
-    /// its locks, or its pending wait, would pass to the next borrower). The default does
-    /// nothing: an owned `PgConnection` closes its socket when dropped anyway, and a
-    /// borrowed connection belongs to its owner.
-    fn discard_on_drop(&mut self) {}
-}
-
-impl LockConnection for PgConnection {
-    fn owns_session(&self) -> bool {
-        true
-    }
-}
-
-impl LockConnection for PoolConnection<Postgres> {
-    fn owns_session(&self) -> bool {
-        true
-    }
-
-    fn discard_on_drop(&mut self) {
-        self.close_on_drop();
-    }
-}
-
-impl<T: AsMut<PgConnection> + Send + ?Sized> LockConnection for &mut T {}
-
-/// An owned transaction is the caller's session all the same: the lock treats it as
-/// borrowed. Levels left on it when the lock is dropped stay with its connection, which
-/// commit and rollback do not release, and which goes back to its pool with them: close
-/// the lock before you end the transaction (or pass `&mut tx`).
-impl LockConnection for sqlx::Transaction<'_, Postgres> {}
-
-/// Where the lock's session stands; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Ready,
-    InFlight(Effect),
-    Disconnected {
-        unreported_loss: bool,
-    },
-    Interrupted,
-    /// Statements ran on two server sessions: a transaction-pooling proxy is in between.
-    NotPinned {
-        first: Option<i32>,
-        now: Option<i32>,
-    },
-    Closed,
-}
-
-/// What an abandoned statement may have done to the levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    /// Nothing: safe to let sqlx read its answer later.
-    Read,
-    /// It may have taken or released a level: only ending the session is safe.
-    Write,
-}
-
-/// What the lock knows about its current session, learned once per session.
-#[derive(Debug, Clone, Default)]
-struct SessionFacts {
-    /// The settings the session had before the lock configured it (owned sessions
-    /// only), to be put back by `close`; `Some` once configured.
-    previous_settings: Option<Vec<Option<String>>>,
-    /// The session's `statement_timeout` in ms, once read.
-    statement_timeout_ms: Option<i64>,
-    /// The server session (`pg_backend_pid()`) every statement must run on.
-    backend_pid: Option<i32>,
-}
-
-/// Levels whose release was asked for synchronously (a guard's drop) and is still owed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Deferred {
-    exclusive: u32,
-    shared: u32,
-}
-
-/// How a lock from [`AdvisoryLock::new`] gets a fresh session after losing one.
-struct Reconnect<C> {
-    pool: PgPool,
-    wrap: fn(PoolConnection<Postgres>) -> C,
-}
+use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result, timer};
 
 /// A PostgreSQL session-level advisory lock on one key, on one dedicated session.
 ///
@@ -197,29 +78,27 @@ struct Reconnect<C> {
 /// ```
 pub struct AdvisoryLock<C: LockConnection = PoolConnection<Postgres>> {
     key: LockKey,
-    /// `None` when `Disconnected`, `Interrupted` or `Closed`.
-    conn: Option<C>,
-    state: State,
-    exclusive: u32,
-    shared: u32,
-    /// Levels of dropped guards, still counted above, released before the next operation.
-    deferred: Deferred,
-    options: LockOptions,
-    facts: SessionFacts,
-    reconnect: Option<Reconnect<C>>,
+    session: Session<C>,
+    /// Levels held on the session of generation `generation`.
+    held: Levels,
+    /// Of `held`, the levels of dropped guards, released before the next operation.
+    deferred: Levels,
+    /// Levels lost with an earlier session, not yet reported by an unlock or `close`.
+    lost: Levels,
+    generation: u64,
 }
 
 impl AdvisoryLock {
     /// Takes a dedicated connection from `pool` for a lock on `key`, as Go's `New` does.
     ///
     /// The connection is the lock's until [`close`](Self::close) or drop; size the pool
-    /// for the locks you keep open at once. If the lock is dropped holding levels, the
-    /// connection is closed instead of returned to the pool, so the levels go with it.
-    /// If the session is lost, the lock reports it once and then takes a new connection
-    /// from the same pool.
+    /// for the locks you keep open at once. No statement is sent until the lock's first
+    /// operation, which also sets the session up. If the lock is dropped holding levels,
+    /// the connection is closed instead of returned to the pool, so the levels go with
+    /// it. If the session is lost, the lock takes a new connection from the same pool.
     pub async fn new(pool: &PgPool, key: impl Into<LockKey>) -> Result<Self> {
         let mut lock = Self::from_acquire(pool, key).await?;
-        lock.reconnect = Some(Reconnect {
+        lock.session.set_reconnect(Reconnect {
             pool: pool.clone(),
             wrap: |conn| conn,
         });
@@ -248,14 +127,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
     pub fn with_connection(conn: C, key: impl Into<LockKey>) -> Self {
         AdvisoryLock {
             key: key.into(),
-            conn: Some(conn),
-            state: State::Ready,
-            exclusive: 0,
-            shared: 0,
-            deferred: Deferred::default(),
-            options: LockOptions::default(),
-            facts: SessionFacts::default(),
-            reconnect: None,
+            session: Session::new(conn),
+            held: Levels::default(),
+            deferred: Levels::default(),
+            lost: Levels::default(),
+            generation: 0,
         }
     }
 
@@ -282,15 +158,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// Replaces the lock's [`LockOptions`]. Session settings take effect from the next
-    /// session the lock configures (before its first statement).
+    /// session the lock sets up (with its first statement).
     pub fn with_options(mut self, options: LockOptions) -> Self {
-        self.options = options;
+        self.session.set_options(options);
         self
     }
 
     /// The lock's options.
     pub fn options(&self) -> &LockOptions {
-        &self.options
+        self.session.options()
     }
 
     /// The key this lock is for.
@@ -298,47 +174,67 @@ impl<C: LockConnection> AdvisoryLock<C> {
         self.key
     }
 
-    /// How many exclusive levels this lock holds, by its own record.
+    /// How many exclusive levels this lock holds, by its own record (none once its
+    /// session has ended).
     pub fn exclusive_levels(&self) -> u32 {
-        self.exclusive
+        self.live().exclusive
     }
 
-    /// How many shared levels this lock holds, by its own record.
+    /// How many shared levels this lock holds, by its own record (none once its session
+    /// has ended).
     pub fn shared_levels(&self) -> u32 {
-        self.shared
+        self.live().shared
+    }
+
+    /// The levels held on the current session: none if it ended since they were taken.
+    fn live(&self) -> Levels {
+        match self.session.generation() == self.generation {
+            true => self.held,
+            false => Levels::default(),
+        }
     }
 
     /// Whether [`close`](Self::close) has run.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+        self.session.is_closed()
     }
 
     /// Waits until the exclusive level is granted (`pg_advisory_lock`), then holds one
     /// more level.
     ///
-    /// The wait has no bound; use [`try_lock_for`](Self::try_lock_for) for one. Dropping
-    /// the future ends an owned session at once (see the module docs), so a cancelled
-    /// wait never leaves a grant behind.
+    /// The wait has no bound; use [`try_lock_for`](Self::try_lock_for) for one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future ends an owned session at once (its connection is closed, not
+    /// returned to the pool), so a cancelled wait is never granted behind the caller's
+    /// back; levels the lock held before are then lost, and reported as the
+    /// [`DistributedLock`] docs say. On a borrowed connection the lock cannot end the
+    /// session: its next call fails with [`Error::Interrupted`].
     pub async fn lock(&mut self) -> Result<()> {
-        self.acquire(sql::LOCK, LockMode::Exclusive).await
+        self.acquire(LockMode::Exclusive, Wait::Forever)
+            .await
+            .map(drop)
     }
 
     /// Waits until the shared level is granted (`pg_advisory_lock_shared`), then holds
-    /// one more level.
+    /// one more level. Cancel safety: as [`lock`](Self::lock).
     pub async fn lock_shared(&mut self) -> Result<()> {
-        self.acquire(sql::LOCK_SHARED, LockMode::Shared).await
+        self.acquire(LockMode::Shared, Wait::Forever)
+            .await
+            .map(drop)
     }
 
     /// Takes one exclusive level if no other session holds the key; `Ok(false)` otherwise.
+    /// Cancel safety: as [`lock`](Self::lock).
     pub async fn try_lock(&mut self) -> Result<bool> {
-        self.try_acquire(sql::TRY_LOCK, LockMode::Exclusive).await
+        self.acquire(LockMode::Exclusive, Wait::No).await
     }
 
     /// Takes one shared level if no other session holds the key exclusively; `Ok(false)`
-    /// otherwise.
+    /// otherwise. Cancel safety: as [`lock`](Self::lock).
     pub async fn try_lock_shared(&mut self) -> Result<bool> {
-        self.try_acquire(sql::TRY_LOCK_SHARED, LockMode::Shared)
-            .await
+        self.acquire(LockMode::Shared, Wait::No).await
     }
 
     /// Waits at most `timeout` for one exclusive level: `Ok(true)` once granted,
@@ -349,38 +245,55 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// own `lock_timeout` and `statement_timeout` read the same afterwards; a session
     /// `statement_timeout` shorter than the wait is lifted for it (one more statement on
     /// each side, only then). If the lock is granted just as the timeout fires, the lock
-    /// asks the server and reports what is true. A zero timeout is [`try_lock`](Self::try_lock).
+    /// asks the server and reports what is true (a second round trip, only on a timeout:
+    /// PostgreSQL ends a timed-out wait with an error that no statement can catch, and
+    /// may have granted the level just before). A zero timeout is
+    /// [`try_lock`](Self::try_lock). Cancel safety: as [`lock`](Self::lock).
     ///
     /// On a borrowed connection inside a transaction block, a timeout aborts that
     /// transaction (PostgreSQL fails the statement); use the transaction-scoped locks there.
     pub async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
-        self.try_acquire_for(timeout, LockMode::Exclusive).await
+        self.acquire(LockMode::Exclusive, Wait::For(timeout)).await
     }
 
     /// [`try_lock_for`](Self::try_lock_for) for one shared level.
     pub async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
-        self.try_acquire_for(timeout, LockMode::Shared).await
+        self.acquire(LockMode::Shared, Wait::For(timeout)).await
     }
 
-    /// Releases one exclusive level. With none held: [`Error::NotHeld`], and nothing changes.
+    /// Releases one exclusive level. With none held: [`Error::NotHeld`], and nothing
+    /// changes; if the level it pairs with was lost: [`Error::LockLost`].
     pub async fn unlock(&mut self) -> Result<()> {
-        self.release(sql::UNLOCK, LockMode::Exclusive).await
+        self.release(LockMode::Exclusive).await
     }
 
-    /// Releases one shared level. With none held: [`Error::NotHeld`], and nothing changes.
+    /// Releases one shared level. With none held: [`Error::NotHeld`], and nothing
+    /// changes; if the level it pairs with was lost: [`Error::LockLost`].
     pub async fn unlock_shared(&mut self) -> Result<()> {
-        self.release(sql::UNLOCK_SHARED, LockMode::Shared).await
+        self.release(LockMode::Shared).await
     }
 
     /// Whether this lock's session holds the key in any mode, from `pg_locks`.
     ///
     /// If the lock believed it held levels and the server says otherwise (or the session
-    /// is gone), the levels were lost: [`Error::LockLost`].
+    /// is gone), the levels were lost: [`Error::LockLost`], as long as any lost level is
+    /// unaccounted for.
     pub async fn is_held(&mut self) -> Result<bool> {
-        self.open_session().await?;
-        let held = self.held_in_pg_locks(None).await?;
-        if !held && self.holds_levels() {
-            return Err(self.forget_levels());
+        self.sync_with_session();
+        if self.lost.any() {
+            return Err(self.lost_error());
+        }
+        let held = match self.held_in_pg_locks(None).await {
+            Ok(held) => held,
+            Err(err) => return Err(self.settle(err)),
+        };
+        // Levels may have been found lost on the way (an owed release on a dead session).
+        if self.lost.any() {
+            return Err(self.lost_error());
+        }
+        if !held && self.held.any() {
+            self.lose_held();
+            return Err(self.lost_error());
         }
         Ok(held)
     }
@@ -403,41 +316,44 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// ```
     ///
     /// Every [`lost_check_interval`](LockOptions::lost_check_interval) (1 s by default) it
-    /// asks the server, in one short query, whether the session still holds the key; a
+    /// checks the session, in one tiny statement: on a session the lock owns only the lock
+    /// changes its levels, so a level can vanish only with the session, and the check asks
+    /// whether the session is alive and still the same server session (not `pg_locks`,
+    /// which locks the server's whole lock table to read it). On a borrowed session, whose
+    /// owner may unlock, it asks `pg_locks` whether the session still holds the key. A
     /// check that takes longer than [`check_timeout`](LockOptions::check_timeout) (5 s)
     /// counts as a lost session, which is then ended. So a loss is noticed within one
     /// interval plus a round trip, or interval + check timeout on a silent network. No
     /// query stays open between checks. Runtime-agnostic: it keeps time with a std thread.
     ///
-    /// With no level held it resolves at once with [`Error::NotHeld`]; on a closed lock
-    /// with [`Error::Closed`]. Dropping it (when the work wins) is safe at any point.
+    /// With a lost level unaccounted for it resolves at once with [`Error::LockLost`];
+    /// with no level held with [`Error::NotHeld`]; on a closed lock with
+    /// [`Error::Closed`]. Dropping it (when the work wins) is safe at any point.
     pub async fn lost(&mut self) -> Error {
         loop {
-            match self.state {
-                State::Closed => return Error::Closed,
-                // A cancelled call already ended the session that held levels.
-                State::Disconnected {
-                    unreported_loss: true,
-                } => return self.unusable_session_error(),
-                _ => {}
+            self.sync_with_session();
+            if self.session.is_closed() {
+                return Error::Closed;
             }
-            if !self.holds_levels() {
+            if self.lost.any() {
+                return self.lost_error();
+            }
+            if !self.held.any() {
                 return Error::NotHeld {
                     key: self.key,
                     mode: LockMode::Exclusive,
                 };
             }
-            timer::sleep(self.options.get_lost_check_interval()).await;
-            match timer::timeout(self.options.get_check_timeout(), self.is_held()).await {
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => return err,
+            timer::sleep(self.options().get_lost_check_interval()).await;
+            let check_timeout = self.options().get_check_timeout();
+            match timer::timeout(check_timeout, self.check_still_held()).await {
+                Some(Ok(())) => continue,
+                Some(Err(err)) => return self.settle(err),
                 None => {
                     // No answer in time: the network or server is gone for all we know.
-                    self.end_session();
-                    self.state = State::Disconnected {
-                        unreported_loss: false,
-                    };
-                    return Error::LockLost { key: self.key };
+                    self.session.end();
+                    self.sync_with_session();
+                    return self.lost_error();
                 }
             }
         }
@@ -447,278 +363,231 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// connection (an owned pool connection goes back to the pool, clean).
     ///
     /// Afterwards every operation returns [`Error::Closed`]; closing again is `Ok(())`.
-    /// If the session was already gone while levels were held, the lock is closed and the
-    /// loss is reported as [`Error::LockLost`].
+    /// If levels were lost and not yet reported, the lock is closed all the same and the
+    /// loss is reported: [`Error::LockLost`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it releases ends an owned session (its levels go with
+    /// it); the lock is then not closed, and reports the loss as usual.
     pub async fn close(&mut self) -> Result<()> {
-        match self.state {
-            State::Closed => return Ok(()),
-            State::Interrupted | State::NotPinned { .. } => {
-                self.state = State::Closed;
-                return Ok(());
-            }
-            State::Disconnected { unreported_loss } => {
-                self.state = State::Closed;
-                return match unreported_loss {
-                    true => Err(Error::LockLost { key: self.key }),
-                    false => Ok(()),
-                };
-            }
-            // A read's answer is small; sqlx reads it before our next statement.
-            State::Ready | State::InFlight(_) => self.state = State::Ready,
+        if self.session.is_closed() {
+            return Ok(());
         }
-        let result = self.release_everything().await;
-        if result.is_err() {
-            // Unknown what the session still holds: never hand it back to a pool.
-            self.end_session();
+        self.sync_with_session();
+        let mut result = Ok(());
+        if self.held.any() {
+            result = match self.session.open(self.key).await {
+                Ok(()) => self.unlock_levels(self.held).await,
+                Err(err) => Err(err),
+            };
         }
-        self.conn = None;
-        self.state = State::Closed;
+        // Unknown what the session still holds after a failed release: never hand it
+        // back to a pool.
+        self.session.close(result.is_ok()).await;
+        self.sync_with_session();
+        if self.lost.any() || self.held.any() {
+            self.lost = Levels::default();
+            self.held = Levels::default();
+            return Err(Error::LockLost { key: self.key });
+        }
         match result {
             // A session that died holding nothing has nothing left to release.
-            Err(Error::Database(err)) if error::session_is_gone(&err) => Ok(()),
+            Err(err) if session::found_gone(&err) => Ok(()),
             result => result,
         }
     }
 
-    async fn release_everything(&mut self) -> Result<()> {
-        if self.holds_levels() {
-            self.unlock_levels(self.exclusive, self.shared).await?;
+    /// Takes one level of `mode`, waiting as `wait` says. A session's first statement
+    /// sets it up and tries the key in the same round trip; only if that try fails and the
+    /// call may wait does a second statement wait.
+    ///
+    /// A loss this call is the first to see is reported (`LockLost`), and nothing is
+    /// taken: the caller must hear that the levels it held are gone before it stacks new
+    /// ones. A try that finds an idle session gone (nothing lost) simply tries again on a
+    /// new one; a wait whose session dies ends with the error.
+    async fn acquire(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
+        let wait = wait.remaining(Duration::ZERO);
+        if self.newly_lost() {
+            return Err(self.lost_error());
         }
-        if let Some(previous) = self.facts.previous_settings.take() {
-            let mut args = PgArguments::default();
-            add(&mut args, previous)?;
-            let _: bool = self
-                .fetch(Effect::Write, sql::RESTORE_SESSION, args)
-                .await?;
+        let start = Instant::now();
+        match self.acquire_once(mode, wait).await {
+            Ok(acquired) => Ok(acquired),
+            Err(Failed::BeforeWaiting(err))
+                if session::found_gone(&err) && self.session.can_reconnect() =>
+            {
+                if self.newly_lost() {
+                    return Err(self.lost_error());
+                }
+                let wait = wait.remaining(start.elapsed());
+                let retried = self.acquire_once(mode, wait).await;
+                retried.map_err(|failed| self.settle(failed.into_error()))
+            }
+            Err(failed) => Err(self.settle(failed.into_error())),
         }
-        Ok(())
     }
 
-    async fn acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
-        self.open_session().await?;
-        let args = self.session_args()?;
-        let _: Option<bool> = self
-            .fetch_optional(Effect::Write, sql.for_key(self.key), args, None)
-            .await?;
-        *self.levels_mut(mode) += 1;
-        Ok(())
-    }
-
-    async fn try_acquire(&mut self, sql: KeyedSql, mode: LockMode) -> Result<bool> {
-        self.open_session().await?;
-        let args = self.session_args()?;
-        let acquired: bool = self
-            .fetch(Effect::Write, sql.for_key(self.key), args)
-            .await?;
+    async fn acquire_once(&mut self, mode: LockMode, wait: Wait) -> Result<bool, Failed> {
+        self.prepare().await.map_err(Failed::BeforeWaiting)?;
+        let taken = match self.session.is_fresh() {
+            true => self.session.first(self.key, Some(mode)).await,
+            false if matches!(wait, Wait::No) => self.try_now(mode).await,
+            false => Ok(false),
+        }
+        .map_err(Failed::BeforeWaiting)?;
+        let acquired = match (taken, wait) {
+            (true, _) | (false, Wait::No) => taken,
+            (false, wait) => self.wait_for(mode, wait).await.map_err(Failed::Waiting)?,
+        };
         if acquired {
-            *self.levels_mut(mode) += 1;
+            *self.held.of_mut(mode) += 1;
         }
         Ok(acquired)
     }
 
-    async fn try_acquire_for(&mut self, timeout: Duration, mode: LockMode) -> Result<bool> {
-        let (plain_try, timed) = match mode {
-            LockMode::Exclusive => (sql::TRY_LOCK, sql::TRY_LOCK_FOR),
-            LockMode::Shared => (sql::TRY_LOCK_SHARED, sql::TRY_LOCK_SHARED_FOR),
+    /// One `pg_try_advisory_lock*` on a known session.
+    async fn try_now(&mut self, mode: LockMode) -> Result<bool> {
+        let sql = match mode {
+            LockMode::Exclusive => sql::TRY_LOCK,
+            LockMode::Shared => sql::TRY_LOCK_SHARED,
         };
-        if timeout.is_zero() {
-            return self.try_acquire(plain_try, mode).await;
+        let args = self.session.args_for(self.key)?;
+        self.session
+            .fetch(self.key, Effect::Write, sql.for_key(self.key), args)
+            .await
+    }
+
+    /// A wait on a known session: forever, or at most a time.
+    async fn wait_for(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
+        match wait {
+            Wait::No => self.try_now(mode).await,
+            Wait::Forever => {
+                let sql = match mode {
+                    LockMode::Exclusive => sql::LOCK,
+                    LockMode::Shared => sql::LOCK_SHARED,
+                };
+                let args = self.session.args_for(self.key)?;
+                let _: Option<bool> = self
+                    .session
+                    .fetch_optional(self.key, Effect::Write, sql.for_key(self.key), args, None)
+                    .await?;
+                Ok(true)
+            }
+            Wait::For(timeout) => self.wait_at_most(mode, timeout).await,
         }
+    }
+
+    async fn wait_at_most(&mut self, mode: LockMode, timeout: Duration) -> Result<bool> {
+        let sql = match mode {
+            LockMode::Exclusive => sql::TRY_LOCK_FOR,
+            LockMode::Shared => sql::TRY_LOCK_SHARED_FOR,
+        };
         let millis = sql::lock_timeout_millis(timeout);
-        self.open_session().await?;
-        let lifted = self.lift_statement_timeout(millis).await?;
-        let mut args = self.session_args()?;
+        let lifted = self
+            .session
+            .lift_statement_timeout(self.key, millis)
+            .await?;
+        let mut args = self.session.args_for(self.key)?;
         add(&mut args, format!("{millis}ms"))?;
-        let bound = timeout.saturating_add(self.options.get_operation_timeout());
+        let bound = timeout.saturating_add(self.options().get_operation_timeout());
         let outcome: Result<Option<bool>> = self
-            .fetch_optional(Effect::Write, timed.for_key(self.key), args, Some(bound))
+            .session
+            .fetch_optional(
+                self.key,
+                Effect::Write,
+                sql.for_key(self.key),
+                args,
+                Some(bound),
+            )
             .await;
         if let Some(previous) = lifted
-            && self.state == State::Ready
+            && self.session.is_ready()
         {
-            self.set_statement_timeout(previous).await?;
+            self.session
+                .set_statement_timeout(self.key, previous)
+                .await?;
         }
-        let acquired = match outcome {
-            Ok(_) => true,
-            Err(Error::Database(err))
-                if error::sqlstate(&err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
-            {
-                // The grant may have raced the timeout (then the session holds the level
-                // although the statement failed). The mode had no level before, or it
-                // would not have waited, so "held in this mode" now means "granted".
-                self.held_in_pg_locks(Some(mode)).await?
+        match outcome {
+            Ok(_) => Ok(true),
+            // The grant may have raced the timeout (then the session holds the level
+            // although the statement failed). The mode had no level before, or it would
+            // not have waited, so "held in this mode" now means "granted".
+            Err(err) if session::lock_not_available(&err) => {
+                self.held_in_pg_locks(Some(mode)).await
             }
-            Err(err) => return Err(err),
-        };
-        if acquired {
-            *self.levels_mut(mode) += 1;
+            Err(err) => Err(err),
         }
-        Ok(acquired)
     }
 
-    /// Lifts a session `statement_timeout` that would cut a wait of `millis` short.
-    /// Returns the value to put back, if it lifted one.
-    async fn lift_statement_timeout(&mut self, millis: i64) -> Result<Option<i64>> {
-        let current = match self.facts.statement_timeout_ms {
-            Some(ms) => ms,
-            None => {
-                let ms: i64 = self
-                    .fetch(
-                        Effect::Read,
-                        sql::STATEMENT_TIMEOUT_MS,
-                        PgArguments::default(),
-                    )
-                    .await?;
-                self.facts.statement_timeout_ms = Some(ms);
-                ms
-            }
-        };
-        // Leave a second for the round trip and the race check after a timeout.
-        if current == 0 || current > millis.saturating_add(1000) {
-            return Ok(None);
+    async fn release(&mut self, mode: LockMode) -> Result<()> {
+        if self.session.is_closed() {
+            return Err(Error::Closed);
         }
-        self.set_statement_timeout(0).await?;
-        Ok(Some(current))
-    }
-
-    async fn set_statement_timeout(&mut self, millis: i64) -> Result<()> {
-        let mut args = PgArguments::default();
-        add(&mut args, millis.to_string())?;
-        let _: String = self
-            .fetch(Effect::Read, sql::SET_STATEMENT_TIMEOUT, args)
-            .await?;
+        self.sync_with_session();
+        if self.held.of(mode) == 0 {
+            // Levels are a stack per mode: with no live level left, an unlock pairs with
+            // a lost one, if any.
+            return match self.lost.of(mode) {
+                0 => Err(Error::NotHeld {
+                    key: self.key,
+                    mode,
+                }),
+                _ => {
+                    *self.lost.of_mut(mode) -= 1;
+                    Err(Error::LockLost { key: self.key })
+                }
+            };
+        }
+        if let Err(err) = self.release_now(mode).await {
+            let err = self.settle(err);
+            if matches!(err, Error::LockLost { .. }) {
+                // This unlock pairs with one of the levels just lost: accounted for.
+                *self.lost.of_mut(mode) = self.lost.of(mode).saturating_sub(1);
+            }
+            return Err(err);
+        }
         Ok(())
     }
 
-    async fn release(&mut self, sql: KeyedSql, mode: LockMode) -> Result<()> {
-        self.open_session().await?;
-        if *self.levels_mut(mode) == 0 {
-            return Err(Error::NotHeld {
-                key: self.key,
-                mode,
-            });
-        }
-        let args = self.session_args()?;
+    async fn release_now(&mut self, mode: LockMode) -> Result<()> {
+        self.prepare().await?;
+        let sql = match mode {
+            LockMode::Exclusive => sql::UNLOCK,
+            LockMode::Shared => sql::UNLOCK_SHARED,
+        };
+        let args = self.session.args_for(self.key)?;
         let released: bool = self
-            .fetch(Effect::Write, sql.for_key(self.key), args)
+            .session
+            .fetch(self.key, Effect::Write, sql.for_key(self.key), args)
             .await?;
         if !released {
             // We counted a level the server no longer has: the session lost it.
-            return Err(self.forget_levels());
+            self.lose_held();
+            return Err(Error::LockLost { key: self.key });
         }
-        *self.levels_mut(mode) -= 1;
+        *self.held.of_mut(mode) -= 1;
         Ok(())
     }
 
-    /// Whether `pg_locks` shows this session holding the key (in `mode`, or in any mode).
-    async fn held_in_pg_locks(&mut self, mode: Option<LockMode>) -> Result<bool> {
-        let (classid, objid, objsubid) = self.key.pg_locks_ids();
-        let mut args = PgArguments::default();
-        add(&mut args, Oid(classid))?;
-        add(&mut args, Oid(objid))?;
-        add(&mut args, objsubid)?;
-        let sql = match mode {
-            None => sql::IS_HELD,
-            Some(mode) => {
-                add(&mut args, pg_locks_mode(mode))?;
-                sql::IS_HELD_IN_MODE
+    /// Makes sure the session is usable (a new one after a loss, where the lock can open
+    /// one: levels held are then already counted as lost) and owes no deferred release.
+    async fn prepare(&mut self) -> Result<()> {
+        self.sync_with_session();
+        self.session.open(self.key).await?;
+        if self.deferred.any() {
+            let deferred = self.deferred;
+            match self.unlock_levels(deferred).await {
+                // Gone with the session: nothing left to release, and a new session may
+                // be opened, unless other levels went with it (a loss to report first).
+                Err(err) if session::found_gone(&err) => {
+                    if self.newly_lost() {
+                        return Err(self.lost_error());
+                    }
+                    self.session.open(self.key).await?;
+                }
+                outcome => outcome?,
             }
-        };
-        self.fetch(Effect::Read, sql, args).await
-    }
-
-    /// The bind parameters of a statement that changes levels: the server session the
-    /// levels live on (`$1`, known once `open_session` ran), then the key.
-    fn session_args(&self) -> Result<PgArguments> {
-        let pid = self.facts.backend_pid.ok_or(Error::Closed)?;
-        let mut args = PgArguments::default();
-        add(&mut args, pid)?;
-        match self.key {
-            LockKey::BigInt(k) => add(&mut args, k)?,
-            LockKey::IntPair(a, b) => {
-                add(&mut args, a)?;
-                add(&mut args, b)?;
-            }
-        }
-        Ok(args)
-    }
-
-    fn levels_mut(&mut self, mode: LockMode) -> &mut u32 {
-        match mode {
-            LockMode::Exclusive => &mut self.exclusive,
-            LockMode::Shared => &mut self.shared,
-        }
-    }
-
-    fn holds_levels(&self) -> bool {
-        self.exclusive > 0 || self.shared > 0
-    }
-
-    /// Forgets the levels the server no longer has, and says so.
-    fn forget_levels(&mut self) -> Error {
-        self.exclusive = 0;
-        self.shared = 0;
-        self.deferred = Deferred::default();
-        Error::LockLost { key: self.key }
-    }
-
-    /// Makes sure there is a usable, configured session, or says why not.
-    async fn open_session(&mut self) -> Result<()> {
-        match self.state {
-            State::Ready => {}
-            // A read's answer is small; sqlx reads it before our next statement.
-            State::InFlight(Effect::Read) => self.state = State::Ready,
-            // Not reachable through the guard, which takes this transition on drop.
-            State::InFlight(Effect::Write) => {
-                self.abandon(Effect::Write);
-                return Err(self.unusable_session_error());
-            }
-            State::Closed | State::Interrupted | State::NotPinned { .. } => {
-                return Err(self.unusable_session_error());
-            }
-            State::Disconnected {
-                unreported_loss: true,
-            } => {
-                self.state = State::Disconnected {
-                    unreported_loss: false,
-                };
-                return Err(Error::LockLost { key: self.key });
-            }
-            State::Disconnected {
-                unreported_loss: false,
-            } => {
-                let Some(reconnect) = &self.reconnect else {
-                    return Err(Error::Disconnected { key: self.key });
-                };
-                let conn = reconnect.pool.acquire().await?;
-                self.conn = Some((reconnect.wrap)(conn));
-                self.facts = SessionFacts::default();
-                self.state = State::Ready;
-            }
-        }
-        let owned = self.conn.as_ref().is_some_and(|c| c.owns_session());
-        if owned && self.facts.previous_settings.is_none() {
-            let check = self.options.get_client_connection_check_interval();
-            let keepalive = self.options.get_keepalive_idle();
-            let mut args = PgArguments::default();
-            add(&mut args, self.options.get_application_name().to_owned())?;
-            add(&mut args, format!("{}ms", check.as_millis()))?;
-            add(&mut args, format!("{}s", keepalive.as_secs()))?;
-            add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
-            add(&mut args, "0")?; // idle killers off
-            add(&mut args, "3")?; // keepalive probes
-            let previous: Vec<Option<String>> = self
-                .fetch(Effect::Read, sql::CONFIGURE_SESSION, args)
-                .await?;
-            self.facts.previous_settings = Some(previous);
-        } else if self.facts.backend_pid.is_none() {
-            // A borrowed session: learn which server session it is before the first lock.
-            let _: i32 = self
-                .fetch(Effect::Read, sql::BACKEND_PID, PgArguments::default())
-                .await?;
-        }
-        if self.deferred != Deferred::default() {
-            self.release_deferred().await?;
         }
         Ok(())
     }
@@ -727,68 +596,43 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// or (with the session) when the lock is dropped. For guards, whose `Drop` cannot
     /// wait for the server.
     pub(crate) fn defer_release(&mut self, mode: LockMode) {
-        match mode {
-            LockMode::Exclusive => self.deferred.exclusive += 1,
-            LockMode::Shared => self.deferred.shared += 1,
-        }
+        *self.deferred.of_mut(mode) += 1;
     }
 
-    /// Releases the levels dropped guards left, in one round trip.
-    async fn release_deferred(&mut self) -> Result<()> {
-        let Deferred { exclusive, shared } = self.deferred;
-        self.unlock_levels(exclusive, shared).await
-    }
-
-    /// Releases `exclusive` and `shared` levels (which include every deferred one) in one
-    /// round trip; if the server did not have them all, the levels were lost.
-    async fn unlock_levels(&mut self, exclusive: u32, shared: u32) -> Result<()> {
-        let mut args = self.session_args()?;
-        add(&mut args, i64::from(exclusive))?;
-        add(&mut args, i64::from(shared))?;
+    /// Releases `levels` (which include every deferred one) in one round trip; if the
+    /// server did not have them all, the levels were lost.
+    async fn unlock_levels(&mut self, levels: Levels) -> Result<()> {
+        let mut args = self.session.args_for(self.key)?;
+        add(&mut args, i64::from(levels.exclusive))?;
+        add(&mut args, i64::from(levels.shared))?;
         let sql = sql::UNLOCK_LEVELS.for_key(self.key);
-        let released_all: bool = self.fetch(Effect::Write, sql, args).await?;
-        self.exclusive = self.exclusive.saturating_sub(exclusive);
-        self.shared = self.shared.saturating_sub(shared);
-        self.deferred = Deferred::default();
-        match released_all {
-            true => Ok(()),
-            false => Err(self.forget_levels()),
+        let released_all: bool = self
+            .session
+            .fetch(self.key, Effect::Write, sql, args)
+            .await?;
+        if !released_all {
+            // The session no longer had them all: whatever it held of ours is lost.
+            self.lose_held();
+            return Err(Error::LockLost { key: self.key });
         }
+        self.held = self.held.minus(levels);
+        self.deferred = Levels::default();
+        Ok(())
     }
 
-    /// Sends a statement and reads its one value, waiting at most the operation timeout.
-    async fn fetch<T>(&mut self, effect: Effect, sql: &'static str, args: PgArguments) -> Result<T>
-    where
-        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-    {
-        let bound = Some(self.options.get_operation_timeout());
-        self.fetch_optional(effect, sql, args, bound)
-            .await?
-            .ok_or(Error::Database(sqlx::Error::RowNotFound))
-    }
-
-    /// Sends a statement and reads its value, if it returns a row, waiting at most
-    /// `bound` (`None`: a deliberate unbounded wait for a lock).
-    async fn fetch_optional<T>(
-        &mut self,
-        effect: Effect,
-        sql: &'static str,
-        args: PgArguments,
-        bound: Option<Duration>,
-    ) -> Result<Option<T>>
-    where
-        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-    {
-        let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_as_with::<_, (Option<T>, i32), _>(sql, args)
-            .fetch_optional(statement.conn()?);
-        let answer = match bound {
-            Some(limit) => timer::timeout(limit, query).await,
-            None => Some(query.await),
-        };
-        match answer {
-            Some(result) => statement.finish(result),
-            None => Err(statement.unanswered(bound.unwrap_or_default())),
+    /// The loss check of [`lost`](Self::lost): on an owned session, that it is alive and
+    /// the same server session; on a borrowed one, that `pg_locks` still shows the key.
+    async fn check_still_held(&mut self) -> Result<()> {
+        if self.session.is_owned() {
+            self.prepare().await?;
+            return self.session.check_alive(self.key).await;
+        }
+        match self.held_in_pg_locks(None).await? {
+            true => Ok(()),
+            false => {
+                self.lose_held();
+                Err(Error::LockLost { key: self.key })
+            }
         }
     }
 
@@ -803,219 +647,143 @@ impl<C: LockConnection> AdvisoryLock<C> {
         extra: String,
         blocking: bool,
     ) -> Result<Option<i64>> {
-        self.open_session().await?;
-        let mut args = self.session_args()?;
+        let outcome = self.acquire_returning(sql, extra, blocking).await;
+        outcome.map_err(|err| self.settle(err))
+    }
+
+    async fn acquire_returning(
+        &mut self,
+        sql: KeyedSql,
+        extra: String,
+        blocking: bool,
+    ) -> Result<Option<i64>> {
+        self.prepare().await?;
+        if self.session.is_fresh() {
+            self.session.first(self.key, None).await?;
+        }
+        let mut args = self.session.args_for(self.key)?;
         add(&mut args, extra)?;
-        let bound = (!blocking).then(|| self.options.get_operation_timeout());
-        let had_exclusive = self.exclusive > 0;
+        let bound = (!blocking).then(|| self.options().get_operation_timeout());
+        let had_exclusive = self.held.exclusive > 0;
         match self
-            .fetch_optional(Effect::Write, sql.for_key(self.key), args, bound)
+            .session
+            .fetch_optional(self.key, Effect::Write, sql.for_key(self.key), args, bound)
             .await
         {
             Ok(Some(value)) => {
-                self.exclusive += 1;
+                self.held.exclusive += 1;
                 Ok(Some(value))
             }
             Ok(None) => Ok(None),
             // The session is gone, or the statement never ran (class 42: it did not
             // parse or plan, e.g. a missing table): the counts are right as they are.
-            Err(err) if self.state != State::Ready || never_ran(&err) => Err(err),
+            Err(err) if !self.session.is_ready() || session::never_ran(&err) => Err(err),
             // It ran and failed after the grant, maybe. With no exclusive level before,
             // pg_locks tells whether it left one; give that back.
             Err(err) if !had_exclusive => {
                 if self.held_in_pg_locks(Some(LockMode::Exclusive)).await? {
-                    self.exclusive += 1;
-                    self.unlock().await?;
+                    self.held.exclusive += 1;
+                    self.release_now(LockMode::Exclusive).await?;
                 }
                 Err(err)
             }
             // With levels before, pg_locks cannot tell n from n + 1: the count is unknown,
             // so end the session (its levels go with it) rather than guess.
             Err(_) => {
-                let owned = self.end_session();
-                self.state = match owned {
-                    true => State::Disconnected {
-                        unreported_loss: false,
-                    },
-                    false => State::Interrupted,
-                };
+                self.session.end();
                 Err(Error::LockLost { key: self.key })
             }
         }
     }
 
-    /// A statement's future was dropped before its answer; see the module docs.
-    fn abandon(&mut self, effect: Effect) {
-        match effect {
-            Effect::Read => self.state = State::InFlight(Effect::Read),
-            Effect::Write => {
-                let unreported_loss = self.holds_levels();
-                self.state = match self.end_session() {
-                    true => State::Disconnected { unreported_loss },
-                    false => State::Interrupted,
-                };
+    /// Whether `pg_locks` shows this session holding the key (in `mode`, or in any mode).
+    async fn held_in_pg_locks(&mut self, mode: Option<LockMode>) -> Result<bool> {
+        self.prepare().await?;
+        if self.session.is_fresh() {
+            self.session.first(self.key, None).await?;
+        }
+        let (classid, objid, objsubid) = self.key.pg_locks_ids();
+        let mut args = PgArguments::default();
+        add(&mut args, Oid(classid))?;
+        add(&mut args, Oid(objid))?;
+        add(&mut args, objsubid)?;
+        let sql = match mode {
+            None => sql::IS_HELD,
+            Some(mode) => {
+                add(&mut args, pg_locks_mode(mode))?;
+                sql::IS_HELD_IN_MODE
             }
-        }
-    }
-
-    /// Lets go of the session, so that the server frees whatever it holds or waits for:
-    /// an owned session is closed (a pool connection is not returned). Forgets the
-    /// levels. Returns whether the session was owned (and so is really ending).
-    fn end_session(&mut self) -> bool {
-        self.exclusive = 0;
-        self.shared = 0;
-        self.deferred = Deferred::default();
-        match self.conn.take() {
-            Some(mut conn) => {
-                let owned = conn.owns_session();
-                conn.discard_on_drop();
-                owned
-            }
-            None => true,
-        }
-    }
-
-    /// A session lock needs every statement on one server session. The first statement
-    /// records which; any other means a transaction-pooling proxy (PgBouncer) moves the
-    /// connection between server sessions, where session locks cannot work.
-    fn check_pinned(&mut self, pid: i32) -> Result<()> {
-        match self.facts.backend_pid {
-            None => {
-                self.facts.backend_pid = Some(pid);
-                Ok(())
-            }
-            Some(first) if first == pid => Ok(()),
-            Some(first) => {
-                self.end_session();
-                self.state = State::NotPinned {
-                    first: Some(first),
-                    now: Some(pid),
-                };
-                Err(self.unusable_session_error())
-            }
-        }
-    }
-
-    /// Why a lock in its current state cannot run a statement.
-    fn unusable_session_error(&mut self) -> Error {
-        match self.state {
-            State::Closed => Error::Closed,
-            State::Interrupted => Error::Interrupted { key: self.key },
-            State::NotPinned { first, now } => Error::SessionNotPinned {
-                key: self.key,
-                first_pid: first,
-                pid: now,
-            },
-            State::Disconnected {
-                unreported_loss: true,
-            } => {
-                self.state = State::Disconnected {
-                    unreported_loss: false,
-                };
-                Error::LockLost { key: self.key }
-            }
-            _ => Error::Disconnected { key: self.key },
-        }
-    }
-
-    fn classify(&mut self, err: sqlx::Error) -> Error {
-        if error::pooler_lost_statement(&err) {
-            // The server session does not know our prepared statement: the connection
-            // was moved to another server session (PgBouncer before 1.21). Nothing ran.
-            self.end_session();
-            self.state = State::NotPinned {
-                first: self.facts.backend_pid,
-                now: None,
-            };
-            return self.unusable_session_error();
-        }
-        if error::session_is_gone(&err) {
-            let lost = self.holds_levels();
-            self.end_session();
-            self.state = State::Disconnected {
-                unreported_loss: false,
-            };
-            return match lost {
-                true => Error::LockLost { key: self.key },
-                false => Error::Database(err),
-            };
-        }
-        error::from_acquisition(err, self.key)
-    }
-}
-
-/// Whether `err` is from a statement the server refused before running it (SQLSTATE
-/// class 42: syntax error or access rule violation, such as a missing table).
-fn never_ran(err: &Error) -> bool {
-    match err {
-        Error::Database(err) => error::sqlstate(err).is_some_and(|code| code.starts_with("42")),
-        _ => false,
-    }
-}
-
-/// One statement on the lock's session, from send to answer. If its future is dropped
-/// first, `Drop` takes the lock through the cancellation transition at once.
-struct InFlight<'a, C: LockConnection> {
-    lock: &'a mut AdvisoryLock<C>,
-}
-
-impl<'a, C: LockConnection> InFlight<'a, C> {
-    fn begin(lock: &'a mut AdvisoryLock<C>, effect: Effect) -> Result<Self> {
-        if lock.state != State::Ready || lock.conn.is_none() {
-            return Err(Error::Closed);
-        }
-        lock.state = State::InFlight(effect);
-        Ok(InFlight { lock })
-    }
-
-    fn conn(&mut self) -> Result<&mut PgConnection> {
-        self.lock
-            .conn
-            .as_mut()
-            .map(AsMut::as_mut)
-            .ok_or(Error::Closed)
-    }
-
-    /// No answer within `limit`: the server or the network is gone for all we know, and
-    /// the answer, if it ever comes, must not be waited for. Ends the session.
-    fn unanswered(self, limit: Duration) -> Error {
-        let lock = &mut *self.lock;
-        let held = lock.holds_levels();
-        lock.state = match lock.end_session() {
-            true => State::Disconnected {
-                unreported_loss: false,
-            },
-            false => State::Interrupted,
         };
-        match held {
-            true => Error::LockLost { key: lock.key },
-            false => Error::Unresponsive {
-                key: lock.key,
-                after: limit,
-            },
+        self.session.fetch(self.key, Effect::Read, sql, args).await
+    }
+
+    /// If the session has ended since the levels were taken, they are lost: counted as
+    /// lost (but for the levels of dropped guards, which nobody is left to tell).
+    fn sync_with_session(&mut self) {
+        if self.session.generation() != self.generation {
+            self.lose_held();
+            self.generation = self.session.generation();
         }
     }
 
-    /// The answer arrived: the session is idle again; errors become ours.
-    /// Also checks that the statement ran on the session's server session.
-    /// A value is `None` when there was no row, or it was NULL.
-    fn finish<T>(self, result: Result<Option<(Option<T>, i32)>, sqlx::Error>) -> Result<Option<T>> {
-        self.lock.state = State::Ready;
-        match result {
-            Ok(Some((value, pid))) => {
-                self.lock.check_pinned(pid)?;
-                Ok(value)
-            }
-            Ok(None) => Ok(None),
-            Err(err) => Err(self.lock.classify(err)),
+    /// Moves the held levels to the lost ones.
+    fn lose_held(&mut self) {
+        self.lost = self.lost.plus(self.held.minus(self.deferred));
+        self.held = Levels::default();
+        self.deferred = Levels::default();
+    }
+
+    /// Whether levels are found lost now, by this call (which is then the one to say so).
+    fn newly_lost(&mut self) -> bool {
+        let before = self.lost;
+        self.sync_with_session();
+        self.lost != before
+    }
+
+    /// The error to report for a failed operation: [`Error::LockLost`] if it cost levels.
+    fn settle(&mut self, err: Error) -> Error {
+        match self.newly_lost() {
+            true => self.lost_error(),
+            false => err,
+        }
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost { key: self.key }
+    }
+}
+
+/// Where an acquisition failed: a statement that did not wait may be tried again on a new
+/// session if its own was found gone; a wait may not (its session died while it waited).
+enum Failed {
+    BeforeWaiting(Error),
+    Waiting(Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Failed::BeforeWaiting(err) | Failed::Waiting(err) => err,
         }
     }
 }
 
-impl<C: LockConnection> Drop for InFlight<'_, C> {
-    fn drop(&mut self) {
-        if let State::InFlight(effect) = self.lock.state {
-            self.lock.abandon(effect);
+/// How long an acquisition may wait.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    No,
+    For(Duration),
+    Forever,
+}
+
+impl Wait {
+    /// What is left of the wait after `elapsed`; a timed wait with no time left is a
+    /// plain try.
+    fn remaining(self, elapsed: Duration) -> Wait {
+        match self {
+            Wait::For(timeout) if timeout > elapsed => Wait::For(timeout - elapsed),
+            Wait::For(_) => Wait::No,
+            wait => wait,
         }
     }
 }
@@ -1029,13 +797,9 @@ fn pg_locks_mode(mode: LockMode) -> &'static str {
 
 impl<C: LockConnection> Drop for AdvisoryLock<C> {
     fn drop(&mut self) {
-        // Levels or a pending statement would pass to the pool's next borrower, and so
-        // would our session settings, which only an awaited `close` can put back.
-        let in_flight = matches!(self.state, State::InFlight(_));
-        if (self.holds_levels() || in_flight || self.facts.previous_settings.is_some())
-            && let Some(conn) = self.conn.as_mut()
-        {
-            conn.discard_on_drop();
+        // Levels would pass to the pool's next borrower.
+        if self.held.any() {
+            self.session.discard_on_drop();
         }
     }
 }
@@ -1044,9 +808,10 @@ impl<C: LockConnection> fmt::Debug for AdvisoryLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdvisoryLock")
             .field("key", &self.key)
-            .field("exclusive", &self.exclusive)
-            .field("shared", &self.shared)
-            .field("state", &self.state)
+            .field("exclusive", &self.held.exclusive)
+            .field("shared", &self.held.shared)
+            .field("lost", &self.lost)
+            .field("session", &self.session)
             .finish_non_exhaustive()
     }
 }

@@ -55,17 +55,19 @@ pub mod fencing;
 mod guard;
 pub mod inspect;
 mod key;
+mod levels;
 mod lock;
 pub mod memory;
 #[cfg(feature = "migrate")]
 pub mod migrate;
 mod options;
 mod scoped;
+mod session;
 mod sql;
 mod timer;
 pub mod xact;
 
-pub use advisory::{AdvisoryLock, LockConnection};
+pub use advisory::AdvisoryLock;
 pub use error::{Error, LockMode, Result};
 pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
@@ -74,6 +76,7 @@ pub use lock::{DistributedLock, LockProvider};
 pub use migrate::migrate;
 pub use options::LockOptions;
 pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};
+pub use session::LockConnection;
 
 /// The README's code samples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

@@ -178,55 +178,108 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
      AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4), pg_backend_pid()";
 
-/// The server session a borrowed connection talks to, learned before its first lock.
-pub(crate) const BACKEND_PID: &str = "SELECT pg_backend_pid(), pg_backend_pid()";
+/// A session's first statement: everything the lock must learn about a session, done in
+/// the round trip of its first acquisition. It reports the server session
+/// (`pg_backend_pid()`, every later statement must run there), whether the server is a
+/// hot standby (`pg_is_in_recovery()`: then nothing is taken, see
+/// `Error::StandbyServer`), and the session's `statement_timeout` in milliseconds (0:
+/// none; it is armed when a statement starts, so a longer timed wait must lift it with a
+/// statement of its own first). Then, unless on a standby, it tries the key once in mode
+/// `$8` (1 exclusive, 2 shared, 0 nothing: a first statement that is not an
+/// acquisition). It never waits: a wait that a try cannot satisfy is the next statement,
+/// on a session that is then fully known.
+///
+/// With `$1` (an owned session) it also sets the session up, and stashes the settings it
+/// had in the placeholder setting `pglock.restore`, for [`RESTORE_SESSION`]: it names
+/// the session (`$2`); keeps idle killers from silently ending a session that holds
+/// locks (`$6`: `'0'`); lets the server notice a vanished client even while it waits for
+/// a lock (`$3`, PostgreSQL 14+); and has the server probe a silent client's socket
+/// (keepalive idle `$4`, interval `$5`, `$7` probes), so that a holder cut off without a
+/// FIN or RST loses its locks in about `$4 + $7 × $5` instead of the kernel's hours.
+/// Settings a server lacks (older than 14) are left alone. The subquery `s` reads before
+/// `c` writes; both run before the try.
+pub(crate) const FIRST: KeyedSql = KeyedSql {
+    bigint: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9) \
+            WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
+        pg_backend_pid(), s.standby, s.statement_timeout_ms \
+        FROM (SELECT pg_is_in_recovery() AS standby, \
+              (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
+                  AS statement_timeout_ms, \
+              CASE WHEN $1 THEN ARRAY[current_setting('application_name'), \
+                  current_setting('idle_session_timeout', true), \
+                  current_setting('idle_in_transaction_session_timeout'), \
+                  current_setting('client_connection_check_interval', true), \
+                  current_setting('tcp_keepalives_idle'), \
+                  current_setting('tcp_keepalives_interval'), \
+                  current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
+        CROSS JOIN LATERAL (SELECT CASE WHEN $1 THEN ARRAY[ \
+              set_config('pglock.restore', s.previous::text, false), \
+              set_config('application_name', $2, false), \
+              CASE WHEN s.previous[2] IS NOT NULL \
+                   THEN set_config('idle_session_timeout', $6, false) END, \
+              set_config('idle_in_transaction_session_timeout', $6, false), \
+              CASE WHEN s.previous[4] IS NOT NULL \
+                   THEN set_config('client_connection_check_interval', $3, false) END, \
+              set_config('tcp_keepalives_idle', $4, false), \
+              set_config('tcp_keepalives_interval', $5, false), \
+              set_config('tcp_keepalives_count', $7, false)] END AS applied OFFSET 0) AS c",
+    pair: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9, $10) \
+            WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9, $10) END, \
+        pg_backend_pid(), s.standby, s.statement_timeout_ms \
+        FROM (SELECT pg_is_in_recovery() AS standby, \
+              (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
+                  AS statement_timeout_ms, \
+              CASE WHEN $1 THEN ARRAY[current_setting('application_name'), \
+                  current_setting('idle_session_timeout', true), \
+                  current_setting('idle_in_transaction_session_timeout'), \
+                  current_setting('client_connection_check_interval', true), \
+                  current_setting('tcp_keepalives_idle'), \
+                  current_setting('tcp_keepalives_interval'), \
+                  current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
+        CROSS JOIN LATERAL (SELECT CASE WHEN $1 THEN ARRAY[ \
+              set_config('pglock.restore', s.previous::text, false), \
+              set_config('application_name', $2, false), \
+              CASE WHEN s.previous[2] IS NOT NULL \
+                   THEN set_config('idle_session_timeout', $6, false) END, \
+              set_config('idle_in_transaction_session_timeout', $6, false), \
+              CASE WHEN s.previous[4] IS NOT NULL \
+                   THEN set_config('client_connection_check_interval', $3, false) END, \
+              set_config('tcp_keepalives_idle', $4, false), \
+              set_config('tcp_keepalives_interval', $5, false), \
+              set_config('tcp_keepalives_count', $7, false)] END AS applied OFFSET 0) AS c",
+};
 
-/// The session's `statement_timeout` in milliseconds (0: none). Read once per session:
-/// a statement's own timeout is armed when it starts, so a timed wait longer than it
-/// must lift it with a statement of its own first.
-pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT setting::bigint, pg_backend_pid() \
-     FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'";
+/// Puts back the settings [`FIRST`] changed on an owned session, from its stash, before
+/// a pool connection goes back to its pool. It has no parameters, so it goes out as a
+/// simple query in one message: `close` sends it without waiting, and the pool's own
+/// return check (a round trip sqlx makes on every return) reads its answer; if it failed,
+/// that check fails and the pool closes the connection instead of reusing it.
+pub(crate) const RESTORE_SESSION: &str = "SELECT \
+     set_config('application_name', r.v[1], false), \
+     CASE WHEN r.v[2] IS NOT NULL THEN set_config('idle_session_timeout', r.v[2], false) END, \
+     set_config('idle_in_transaction_session_timeout', r.v[3], false), \
+     CASE WHEN r.v[4] IS NOT NULL \
+          THEN set_config('client_connection_check_interval', r.v[4], false) END, \
+     set_config('tcp_keepalives_idle', r.v[5], false), \
+     set_config('tcp_keepalives_interval', r.v[6], false), \
+     set_config('tcp_keepalives_count', r.v[7], false) \
+     FROM (SELECT current_setting('pglock.restore')::text[] AS v OFFSET 0) AS r";
+
+/// Whether the session is alive, and which server session answers: the loss check of a
+/// session the lock owns. There only the lock changes its levels, so a live session with
+/// the same pid still holds them, and `pg_locks` (which locks every lock-manager
+/// partition and copies every lock on the server) need not be read.
+pub(crate) const LIVENESS: &str = "SELECT true, pg_backend_pid()";
+
+/// The session's `statement_timeout` in milliseconds (0: none), for a timed wait that
+/// may have to lift it.
+pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT \
+     (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8, \
+     pg_backend_pid()";
 
 /// Sets the session's `statement_timeout` (`$1`, in milliseconds as text).
 pub(crate) const SET_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
-
-/// Session hygiene for a session the lock owns, returning the settings it had (as a
-/// text array, in the order below; NULL where the server lacks the setting) so that
-/// [`RESTORE_SESSION`] can put them back. It names the session (`$1`); keeps idle
-/// killers from silently ending a session that holds locks (`$5`: `'0'`); lets the
-/// server notice a vanished client even while it waits for a lock (`$2`, PostgreSQL
-/// 14+); and has the server probe a silent client's socket (keepalive idle `$3`,
-/// interval `$4`, `$6` probes), so that a holder cut off without a FIN or RST loses its
-/// locks in about `$3 + $6 × $4` instead of the kernel's hours. The subquery reads before the outer select writes.
-pub(crate) const CONFIGURE_SESSION: &str = "SELECT p.previous, pg_backend_pid(), \
-     set_config('application_name', $1, false), \
-     CASE WHEN p.previous[2] IS NOT NULL THEN set_config('idle_session_timeout', $5, false) END, \
-     set_config('idle_in_transaction_session_timeout', $5, false), \
-     CASE WHEN p.previous[4] IS NOT NULL \
-          THEN set_config('client_connection_check_interval', $2, false) END, \
-     set_config('tcp_keepalives_idle', $3, false), \
-     set_config('tcp_keepalives_interval', $4, false), \
-     set_config('tcp_keepalives_count', $6, false) \
-     FROM (SELECT ARRAY[current_setting('application_name'), \
-                        current_setting('idle_session_timeout', true), \
-                        current_setting('idle_in_transaction_session_timeout'), \
-                        current_setting('client_connection_check_interval', true), \
-                        current_setting('tcp_keepalives_idle'), \
-                        current_setting('tcp_keepalives_interval'), \
-                        current_setting('tcp_keepalives_count')] AS previous OFFSET 0) AS p";
-
-/// Puts back what [`CONFIGURE_SESSION`] changed (`$1`: the text array it returned),
-/// before a pool connection goes back to its pool.
-pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \
-     set_config('application_name', $1[1], false), \
-     CASE WHEN $1[2] IS NOT NULL THEN set_config('idle_session_timeout', $1[2], false) END, \
-     set_config('idle_in_transaction_session_timeout', $1[3], false), \
-     CASE WHEN $1[4] IS NOT NULL \
-          THEN set_config('client_connection_check_interval', $1[4], false) END, \
-     set_config('tcp_keepalives_idle', $1[5], false), \
-     set_config('tcp_keepalives_interval', $1[6], false), \
-     set_config('tcp_keepalives_count', $1[7], false)";
 
 /// Transaction-scoped: blocks until the exclusive level is granted; released at commit
 /// or rollback.

@@ -668,7 +668,13 @@ fn a_failed_lock_fenced_on_a_held_lock_ends_the_session_and_leaks_nothing() {
         })
         .await;
 
-        // The lock reconnects and works; close hands back a clean session.
+        // The level taken before is lost: the unlock that pairs with it says so. The lock
+        // reconnects and works; close hands back a clean session.
+        let unlocked = lock.unlock().await;
+        assert!(
+            matches!(unlocked, Err(Error::LockLost { .. })),
+            "{unlocked:?}"
+        );
         assert!(lock.try_lock().await.unwrap());
         lock.close().await.unwrap();
         assert!(free_in(&db, key).await);

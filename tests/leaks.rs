@@ -517,7 +517,7 @@ fn a_cancelled_blocking_lock_leaves_no_wait_or_grant_behind() {
 /// An `unlock()` given up mid-statement may or may not have released its level; the
 /// lock must not leave the session holding an untracked level in the pool.
 #[test]
-fn a_cancelled_unlock_leaves_no_level_behind_and_reports_the_loss_once() {
+fn a_cancelled_unlock_leaves_no_level_behind_and_reports_the_lost_levels() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("a_cancelled_unlock_leaves_no_level_behind");
@@ -535,12 +535,26 @@ fn a_cancelled_unlock_leaves_no_level_behind_and_reports_the_loss_once() {
             let mut other = support::connect().await;
             other_session_gets(&mut other, key, "after the cancelled unlock").await;
             other.close().await.unwrap();
+            // The first call after it reports the loss; then a new acquisition works, on
+            // a new session, and the levels lost with the ended session (both: the
+            // cancelled unlock's outcome is unknown) are reported by the unlocks that
+            // pair with them, after the new level (a stack).
             let next = lock.try_lock().await;
             assert!(
                 matches!(next, Err(Error::LockLost { key: k }) if k == key),
                 "the first call after losing levels reports it: {next:?}"
             );
-            assert!(lock.try_lock().await.unwrap(), "then the lock carries on");
+            assert!(lock.try_lock().await.unwrap(), "the lock carries on");
+            lock.unlock().await.unwrap();
+            for n in 1..=2 {
+                let lost = lock.unlock().await;
+                assert!(
+                    matches!(lost, Err(Error::LockLost { key: k }) if k == key),
+                    "unlock {n} of a lost level: {lost:?}"
+                );
+            }
+            let none = lock.unlock().await;
+            assert!(matches!(none, Err(Error::NotHeld { .. })), "{none:?}");
             lock.close().await.unwrap();
         }
         assert!(support::holders(key).await.is_empty());
@@ -586,7 +600,7 @@ async fn terminate(pid: i32) {
 }
 
 #[test]
-fn a_terminated_session_is_reported_as_lock_lost_once_then_the_lock_reconnects() {
+fn a_terminated_session_is_reported_as_lock_lost_until_accounted_for_and_the_lock_reconnects() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("a_terminated_session_is_reported_as_lock_lost_once");
@@ -603,13 +617,29 @@ fn a_terminated_session_is_reported_as_lock_lost_once_then_the_lock_reconnects()
             matches!(next, Err(Error::LockLost { key: k }) if k == key),
             "the first call after the session died must say the levels are lost: {next:?}"
         );
-        assert_eq!((lock.exclusive_levels(), lock.shared_levels()), (0, 0));
-
-        // Reported once; then a new session from the same pool.
+        // Then a new acquisition works, on a new session from the same pool.
         assert!(lock.try_lock().await.unwrap());
+        assert_eq!((lock.exclusive_levels(), lock.shared_levels()), (1, 0));
         let new_pid = only(support::holders(key).await);
         assert_ne!(new_pid, pid);
-        assert!(lock.is_held().await.unwrap());
+        // The loss stays reported until each lost level is accounted for.
+        let held = lock.is_held().await;
+        assert!(
+            matches!(held, Err(Error::LockLost { key: k }) if k == key),
+            "is_held with lost levels unaccounted for: {held:?}"
+        );
+        lock.unlock().await.unwrap(); // the new level, first
+        for shared in [false, false, true] {
+            let lost = match shared {
+                false => lock.unlock().await,
+                true => lock.unlock_shared().await,
+            };
+            assert!(
+                matches!(lost, Err(Error::LockLost { key: k }) if k == key),
+                "an unlock paired with a lost level: {lost:?}"
+            );
+        }
+        assert!(!lock.is_held().await.unwrap(), "all accounted for");
         lock.close().await.unwrap();
         assert!(support::holders(key).await.is_empty());
         assert_pool_holds_no_advisory_lock(&pool).await;
@@ -648,6 +678,11 @@ fn lost_resolves_with_lock_lost_when_the_session_is_terminated() {
             "{lost:?}"
         );
         assert_eq!(lock.exclusive_levels(), 0);
+        let closed = lock.close().await;
+        assert!(
+            matches!(closed, Err(Error::LockLost { key: k }) if k == key),
+            "close reports the level never accounted for: {closed:?}"
+        );
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;
     }));

@@ -78,6 +78,12 @@ fn terminated_session_makes_the_next_unlock_or_is_held_report_lock_lost_then_rec
         assert_lock_lost(second.is_held().await, key, "is_held after termination");
         assert_eq!(second.shared_levels(), 0);
         assert!(support::free_for_another_session(key).await);
+        assert_lock_lost(second.is_held().await, key, "is_held until accounted for");
+        assert_lock_lost(
+            second.unlock_shared().await,
+            key,
+            "the unlock of the lost level",
+        );
         assert!(!second.is_held().await.unwrap(), "the call after works");
         assert!(second.try_lock().await.unwrap());
         assert_ne!(only_holder(key).await, pid);
@@ -131,6 +137,7 @@ fn lost_resolves_with_lock_lost_within_one_check_interval_of_termination() {
         assert!(lock.try_lock().await.unwrap());
         assert_ne!(only_holder(key).await, pid);
         lock.unlock().await.unwrap();
+        assert_lock_lost(lock.unlock().await, key, "the unlock of the lost level");
         lock.close().await.unwrap();
     }));
 }
@@ -178,7 +185,8 @@ fn lost_reports_a_loss_that_a_cancelled_call_caused() {
             .await
             .expect("lost() resolves at once");
         assert!(matches!(lost, Error::LockLost { .. }), "{lost:?}");
-        // Reported once: the lock works again afterwards.
+        // Reported until accounted for: then the lock works again.
+        assert_lock_lost(a.unlock_shared().await, key, "the unlock of the lost level");
         assert!(!a.is_held().await.unwrap());
         b.close().await.unwrap();
         a.close().await.unwrap();
@@ -453,4 +461,162 @@ async fn show_all(conn: &mut PgConnection, names: &[&str]) -> Vec<String> {
         values.push(support::show(conn, name).await);
     }
     values
+}
+
+/// The loss rules, step by step on stacked levels of both modes: after the session is
+/// terminated, `is_held` and `lost` keep reporting `LockLost` (they account for nothing),
+/// each unlock that pairs with a lost level reports it and accounts for it, and only an
+/// unlock with no acquisition left to pair with is `NotHeld`.
+#[test]
+fn lost_levels_stay_reported_until_each_unlock_accounts_for_one() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("lost_levels_stay_reported_until_each_unlock_accounts_for_one");
+        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        lock.lock().await.unwrap();
+        lock.lock().await.unwrap();
+        lock.lock_shared().await.unwrap();
+        let pid = support::holders(key).await[0];
+        terminate(pid).await;
+        assert!(support::free_for_another_session(key).await);
+
+        for round in 0..2 {
+            assert_lock_lost(
+                lock.is_held().await,
+                key,
+                &format!("is_held, round {round}"),
+            );
+            let lost = rt::timeout(WAIT, lock.lost())
+                .await
+                .expect("lost() at once");
+            assert!(
+                matches!(lost, Error::LockLost { key: k } if k == key),
+                "{lost:?}"
+            );
+        }
+        assert_lock_lost(lock.unlock().await, key, "first lost exclusive level");
+        assert_lock_lost(
+            lock.is_held().await,
+            key,
+            "one lost level left of each mode",
+        );
+        assert_lock_lost(lock.unlock_shared().await, key, "the lost shared level");
+        assert!(matches!(
+            lock.unlock_shared().await,
+            Err(Error::NotHeld {
+                mode: pglock::LockMode::Shared,
+                ..
+            })
+        ));
+        assert_lock_lost(lock.unlock().await, key, "second lost exclusive level");
+        assert!(
+            !lock.is_held().await.unwrap(),
+            "every lost level accounted for"
+        );
+        assert!(matches!(lock.unlock().await, Err(Error::NotHeld { .. })));
+        lock.close().await.unwrap();
+        assert!(support::holders(key).await.is_empty());
+    }));
+}
+
+/// A new acquisition after a loss works on a fresh session, and levels are a stack: the
+/// new levels are released first, then the unlocks that pair with the lost ones report
+/// them. Shown for both modes.
+#[test]
+fn a_new_acquisition_after_a_loss_works_and_its_levels_pair_first() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("a_new_acquisition_after_a_loss_works_and_pairs_first");
+        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        lock.lock_shared().await.unwrap();
+        lock.lock().await.unwrap();
+        let old = support::holders(key).await[0];
+        terminate(old).await;
+
+        // The first call to see the loss reports it and takes nothing; acquisitions after
+        // it work, on a new session.
+        assert_lock_lost(
+            lock.try_lock_shared().await,
+            key,
+            "the first call after the loss",
+        );
+        assert!(lock.try_lock_shared().await.unwrap());
+        lock.lock().await.unwrap();
+        let new = only_holder_of_modes(key).await;
+        assert_ne!(new, old);
+        assert_eq!((lock.exclusive_levels(), lock.shared_levels()), (1, 1));
+
+        lock.unlock_shared().await.unwrap(); // the new shared level
+        lock.unlock().await.unwrap(); // the new exclusive level
+        assert!(
+            support::holders(key).await.is_empty(),
+            "the new levels are released"
+        );
+        assert_lock_lost(lock.unlock_shared().await, key, "the lost shared level");
+        assert_lock_lost(lock.unlock().await, key, "the lost exclusive level");
+        assert!(matches!(lock.unlock().await, Err(Error::NotHeld { .. })));
+        lock.close().await.unwrap();
+    }));
+}
+
+/// `close` with lost levels unaccounted for closes the lock all the same, releases what
+/// the new session holds, and reports the loss; a second close is `Ok`.
+#[test]
+fn close_with_lost_levels_unaccounted_for_reports_lock_lost_and_closes() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("close_with_lost_levels_unaccounted_for");
+        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        lock.lock_shared().await.unwrap();
+        lock.lock_shared().await.unwrap();
+        terminate(support::holders(key).await[0]).await;
+        assert_lock_lost(lock.try_lock().await, key, "the first call after the loss");
+        assert!(lock.try_lock().await.unwrap(), "a level on a new session");
+        let new = only_holder(key).await;
+
+        assert_lock_lost(lock.close().await, key, "close");
+        assert!(lock.is_closed());
+        assert!(
+            support::holders(key).await.is_empty(),
+            "close released the new level"
+        );
+        assert_eq!(support::advisory_locks_of(new).await, 0);
+        lock.close().await.expect("a second close is Ok");
+        assert!(matches!(lock.unlock_shared().await, Err(Error::Closed)));
+        assert!(matches!(lock.is_held().await, Err(Error::Closed)));
+    }));
+}
+
+/// The loss rules hold for guards, the `with_lock` helpers and fenced acquisitions: a
+/// guard released after the loss reports it; `with_lock` whose session is terminated
+/// during the work returns `LockLost` (from its `close`).
+#[test]
+fn guards_and_with_lock_report_a_loss_during_the_work() {
+    rt::run(Box::pin(async {
+        let pool = support::pool_with(4).await;
+        let key = support::key("guards_and_with_lock_report_a_loss_during_the_work");
+
+        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        let guard = lock.lock_shared_guard().await.unwrap();
+        terminate(support::holders(key).await[0]).await;
+        assert_lock_lost(guard.release().await, key, "guard.release() after the loss");
+        assert!(!lock.is_held().await.unwrap(), "accounted for by the guard");
+        lock.close().await.unwrap();
+
+        let outcome = pglock::with_lock(&pool, key, || async {
+            terminate(support::holders(key).await[0]).await;
+            "the work ran"
+        })
+        .await;
+        assert_lock_lost(outcome, key, "with_lock whose session died during the work");
+        assert!(support::free_for_another_session(key).await);
+    }));
+}
+
+/// The one pid that holds `key`, in however many modes.
+async fn only_holder_of_modes(key: LockKey) -> i32 {
+    let mut holders = support::holders(key).await;
+    holders.dedup();
+    assert_eq!(holders.len(), 1, "one session holds {key}: {holders:?}");
+    holders[0]
 }
