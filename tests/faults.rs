@@ -14,8 +14,14 @@
 //!   wrapped in `rt::timeout` and a hang fails the test;
 //! - a level that was cut is reported: when the server shows that a lock which believes
 //!   it holds levels holds none (or every connection was cut while it sat holding), its
-//!   next operation returns `Err(LockLost)`, never `Ok`; a cancelled `lock()` that ended
-//!   a session holding levels is reported by the next operation the same way;
+//!   next operation that talks to the server returns `Err(LockLost)`, never `Ok`; a
+//!   cancelled `lock()` that ended a session holding levels is reported by the next
+//!   operation the same way;
+//! - a loss stays reported until accounted for (the rules of `DistributedLock`): the test
+//!   keeps its own count of the levels lost and not yet accounted for, and checks that
+//!   `is_held`, `lost` and `close` report them, that each unlock pairing with one reports
+//!   it, that `NotHeld` comes only when a mode has neither a live nor a lost level, and
+//!   that acquisitions work again once the loss was reported;
 //! - no error without a cause: `LockLost` and connection errors only after a cut; a held
 //!   level is never reported as a mere connection error; `is_held` agrees with the lock's
 //!   own record; `NotHeld` only when the mode holds nothing;
@@ -185,13 +191,16 @@ struct Slot {
     key: LockKey,
     lock: Option<AdvisoryLock>,
     rng: XorShift,
-    /// A cancelled `lock()` ended a session that held levels: the next operation must
-    /// report `LockLost`.
-    owed_loss: bool,
-    /// The server no longer has the levels the lock believes it holds (or every
+    /// A cancelled `lock()` ended a session that held these levels: the next operation
+    /// must find them lost.
+    owed: Option<(u32, u32)>,
+    /// The server no longer has these levels the lock believes it holds (or every
     /// connection was cut while it sat holding): the next operation that talks to the
     /// server must report `LockLost`.
-    expect_loss: bool,
+    expect: Option<(u32, u32)>,
+    /// Levels the lock found lost and no unlock has accounted for yet: `is_held`, `lost`
+    /// and `close` must report `LockLost` while any is left.
+    lost: (u32, u32),
     /// The proxy's cut count when the last operation that heard from the server (or
     /// left the lock to take a fresh, pinged, pool connection) began: an error needs a
     /// cut after it. Operations answered from the lock's own record (`NotHeld`, `lost()`
@@ -210,6 +219,13 @@ impl Slot {
 
     fn holds(&self) -> bool {
         self.levels() != (0, 0)
+    }
+
+    /// A new lock, or none: nothing lost, nothing owed.
+    fn reset(&mut self) {
+        self.owed = None;
+        self.expect = None;
+        self.lost = (0, 0);
     }
 
     fn choose(&mut self) -> Op {
@@ -330,8 +346,7 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
             match made {
                 Ok(lock) => {
                     slot.lock = Some(lock);
-                    slot.owed_loss = false;
-                    slot.expect_loss = false;
+                    slot.reset();
                     Outcome::Value(None)
                 }
                 Err(err) => Outcome::Failed(err),
@@ -399,12 +414,13 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
         cancelled_holding: false,
     };
     let what = format!(
-        "lock {i} {} (levels before {ex0}/{sh0}, after {ex1}/{sh1}; owed loss {}, expected \
-         loss {}; cuts {cuts_before} at the start, {} now, {} at the previous operation's \
-         start; latest first: {:?})",
+        "lock {i} {} (levels before {ex0}/{sh0}, after {ex1}/{sh1}; owed loss {:?}, expected \
+         loss {:?}, lost {:?}; cuts {cuts_before} at the start, {} now, {} at the previous \
+         operation's start; latest first: {:?})",
         op.name(),
-        slot.owed_loss,
-        slot.expect_loss,
+        slot.owed,
+        slot.expect,
+        slot.lost,
         ctx.proxy.cuts(),
         slot.cut_mark,
         slot.history,
@@ -417,15 +433,22 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
             };
             if op != Op::Drop && op != Op::Create {
                 assert!(
-                    !slot.owed_loss,
+                    slot.owed.is_none(),
                     "{what}: Ok after a cancelled lock() ended a session holding levels; \
                      the loss was never reported"
                 );
                 assert!(
-                    !slot.expect_loss,
+                    slot.expect.is_none(),
                     "{what}: Ok although the lock's levels are gone from the server: a lost \
                      hold silently continued"
                 );
+                if matches!(op, Op::IsHeld | Op::Close) {
+                    assert_eq!(
+                        slot.lost,
+                        (0, 0),
+                        "{what}: Ok with lost levels not yet accounted for"
+                    );
+                }
             }
             let expected = match (op, value) {
                 (Op::Lock { .. }, _) | (Op::TryLock | Op::TryLockFor, Some(true)) => (ex0 + 1, sh0),
@@ -461,11 +484,13 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
                         (0, 0),
                         "{what}: a cancelled lock() ends the session"
                     );
-                    if held_before || slot.owed_loss || slot.expect_loss {
-                        slot.owed_loss = true;
-                        record.cancelled_holding = held_before;
+                    // The live levels before it (known lost on the server, or not) went
+                    // with the ended session.
+                    if held_before {
+                        slot.owed = Some(add(slot.owed.unwrap_or_default(), (ex0, sh0)));
+                        record.cancelled_holding = true;
                     }
-                    slot.expect_loss = false;
+                    slot.expect = None;
                 }
                 Op::Lost { .. } => {
                     assert_eq!(
@@ -482,35 +507,88 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
             match &err {
                 Error::LockLost { key } => {
                     assert_eq!(*key, slot.key, "{what}: LockLost names the key");
+                    let known = slot.owed.is_some() || slot.expect.is_some();
+                    // Found lost now: a session a cancelled call ended (any call sees it),
+                    // or the live levels, gone from the server or cut since confirmed.
+                    let mut discovered = false;
+                    if let Some(owed) = slot.owed.take() {
+                        slot.lost = add(slot.lost, owed);
+                        discovered = true;
+                    }
+                    // (`close` ends with no live level anyway: with lost levels to report,
+                    // its LockLost says nothing of the live ones.)
+                    let closing_with_lost = op == Op::Close && slot.lost != (0, 0);
+                    if held_before && (ex1, sh1) == (0, 0) && !closing_with_lost {
+                        assert!(
+                            slot.expect.is_some() || cut_since_mark(slot),
+                            "{what}: LockLost without a cut since the levels were last confirmed"
+                        );
+                        slot.lost = add(slot.lost, (ex0, sh0));
+                        slot.expect = None;
+                        discovered = true;
+                    } else {
+                        // Answered from the lock's own record: no word from the server.
+                        heard_from_server = false;
+                    }
+                    if !discovered && op != Op::Close {
+                        assert_eq!(
+                            (ex1, sh1),
+                            (ex0, sh0),
+                            "{what}: a reported loss changes no live level"
+                        );
+                    }
+                    // Reported as a loss already found: it stays reported, and an unlock
+                    // with no live level of its mode pairs with a lost one.
+                    let pairs_with_lost = match op {
+                        Op::Unlock => ex1 == 0 && slot.lost.0 > 0,
+                        Op::UnlockShared => sh1 == 0 && slot.lost.1 > 0,
+                        _ => false,
+                    };
+                    let sticky = pairs_with_lost
+                        || (matches!(op, Op::IsHeld | Op::Close | Op::Lost { .. })
+                            && slot.lost != (0, 0));
                     assert!(
-                        slot.owed_loss || slot.expect_loss || (held_before && cut_since_mark(slot)),
-                        "{what}: LockLost without a cut since the levels were last confirmed"
+                        discovered || sticky,
+                        "{what}: LockLost without a loss to report"
                     );
-                    assert_eq!((ex1, sh1), (0, 0), "{what}: the lost levels are forgotten");
+                    match op {
+                        Op::Unlock | Op::UnlockShared => {
+                            assert!(
+                                pairs_with_lost,
+                                "{what}: an unlock's LockLost pairs with a lost level"
+                            );
+                            match op {
+                                Op::Unlock => slot.lost.0 -= 1,
+                                _ => slot.lost.1 -= 1,
+                            }
+                        }
+                        Op::Close => slot.lost = (0, 0),
+                        _ => {}
+                    }
                     record.lost = true;
-                    record.expected_lost = slot.owed_loss || slot.expect_loss;
-                    slot.owed_loss = false;
-                    slot.expect_loss = false;
+                    record.expected_lost = discovered && known;
                 }
                 Error::NotHeld { .. } => {
                     heard_from_server = false;
+                    // A loss the call is the first to see still counts (silently here).
+                    if let Some(owed) = slot.owed.take() {
+                        slot.lost = add(slot.lost, owed);
+                    }
                     let empty_mode = match op {
-                        Op::Unlock => ex0 == 0,
-                        Op::UnlockShared => sh0 == 0,
-                        Op::Lost { .. } => !held_before,
+                        Op::Unlock => ex0 == 0 && slot.lost.0 == 0,
+                        Op::UnlockShared => sh0 == 0 && slot.lost.1 == 0,
+                        Op::Lost { .. } => !held_before && slot.lost == (0, 0),
                         _ => false,
                     };
-                    assert!(empty_mode, "{what}: NotHeld with a level held");
-                    // unlock checks for a pending loss first; lost() looks at levels only.
                     assert!(
-                        !slot.owed_loss || matches!(op, Op::Lost { .. }),
-                        "{what}: NotHeld before the owed LockLost"
+                        empty_mode,
+                        "{what}: NotHeld with a live or lost level of the mode"
                     );
                     assert_eq!((ex1, sh1), (ex0, sh0), "{what}: NotHeld changes nothing");
                 }
                 Error::Database(_) | Error::Unresponsive { .. } => {
                     assert!(
-                        !held_before && !slot.owed_loss && !slot.expect_loss,
+                        !held_before && slot.owed.is_none() && slot.expect.is_none(),
                         "{what}: a lost level reported as {err:?} instead of LockLost"
                     );
                     assert!(
@@ -530,8 +608,7 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
         slot.lock = None;
     }
     if slot.lock.is_none() {
-        slot.owed_loss = false;
-        slot.expect_loss = false;
+        slot.reset();
     }
     if heard_from_server {
         slot.cut_mark = cuts_before;
@@ -544,6 +621,11 @@ async fn step(ctx: &Ctx, slot: &mut Slot, op: Op, others_hold_key: bool) -> Reco
     ));
     slot.history.truncate(6);
     record
+}
+
+/// Levels per mode, added.
+fn add(a: (u32, u32), b: (u32, u32)) -> (u32, u32) {
+    (a.0 + b.0, a.1 + b.1)
 }
 
 struct Record {
@@ -632,8 +714,9 @@ fn random_operations_under_random_cuts_never_hang_and_never_hide_a_loss() {
                 key: keys[index % keys.len()],
                 lock: None,
                 rng: XorShift::new(seed ^ (0x9e37_79b9 * (index as u64 + 1))),
-                owed_loss: false,
-                expect_loss: false,
+                owed: None,
+                expect: None,
+                lost: (0, 0),
                 cut_mark: 0,
                 history: Default::default(),
             })
@@ -663,7 +746,7 @@ fn random_operations_under_random_cuts_never_hang_and_never_hide_a_loss() {
                     stats.cuts_before_ops += 1;
                     if cut_all {
                         for slot in slots.iter_mut().filter(|s| s.holds()) {
-                            slot.expect_loss = true;
+                            slot.expect = Some(slot.levels());
                         }
                     }
                 }
@@ -731,8 +814,8 @@ fn random_operations_under_random_cuts_never_hang_and_never_hide_a_loss() {
             // Between cycles: which locks' sessions really hold levels?
             let holding = sessions_holding(&mut observer, &ctx.app_prefix).await;
             for slot in slots.iter_mut() {
-                if slot.holds() && !holding.contains(&slot.index) && !slot.expect_loss {
-                    slot.expect_loss = true;
+                if slot.holds() && !holding.contains(&slot.index) && slot.expect.is_none() {
+                    slot.expect = Some(slot.levels());
                     stats.server_confirmed_losses += 1;
                 }
             }
@@ -741,7 +824,7 @@ fn random_operations_under_random_cuts_never_hang_and_never_hide_a_loss() {
         // The end: close what is open (a loss may still be reported), drop the rest.
         for slot in slots.iter_mut() {
             if let Some(mut lock) = slot.lock.take() {
-                let owed = slot.owed_loss || slot.expect_loss;
+                let owed = slot.owed.is_some() || slot.expect.is_some() || slot.lost != (0, 0);
                 let closed = rt::timeout(OP_TIMEOUT + MARGIN, lock.close())
                     .await
                     .expect("close at the end hung");

@@ -124,7 +124,11 @@ async fn give_up_case(op: Op, held: bool) -> GiveUp {
         .await
         .unwrap_or_else(|| panic!("{op:?} (held: {held}) hung on a silent network"));
     let gave_up_after = start.elapsed();
+    // `close` with nothing held sends nothing it waits for (the restore of the session
+    // settings rides ahead of the pool's own return check): it returns at once.
+    let close_returns_at_once = op == Op::Close && !held;
     match (held, &result) {
+        (false, Ok(())) if close_returns_at_once => {}
         (false, Err(Error::Unresponsive { key: k, after })) => {
             assert_eq!(*k, key);
             assert_eq!(*after, op.bound(), "{op:?}: the bound it reports");
@@ -139,8 +143,12 @@ async fn give_up_case(op: Op, held: bool) -> GiveUp {
             }
         ),
     }
+    let (low, high) = match close_returns_at_once {
+        true => (Duration::ZERO, MARGIN),
+        false => (op.bound().saturating_sub(EARLY), op.bound() + MARGIN),
+    };
     assert!(
-        gave_up_after + EARLY >= op.bound() && gave_up_after <= op.bound() + MARGIN,
+        gave_up_after >= low && gave_up_after <= high,
         "{op:?} (held: {held}) gave up after {gave_up_after:?}; bound {:?}",
         op.bound()
     );
@@ -163,8 +171,12 @@ async fn give_up_case(op: Op, held: bool) -> GiveUp {
         .await
         .unwrap_or_else(|| panic!("{op:?}: the call after giving up hung"));
     let next_call_after = start.elapsed();
+    // A lost level that no unlock accounted for stays reported (the operation that gave
+    // up reported it; an unlock accounted for it).
+    let unaccounted = held && !matches!(op, Op::Unlock | Op::Close);
     match (op, &next) {
         (Op::Close, Err(Error::Closed)) => {}
+        (_, Err(Error::LockLost { key: k })) if unaccounted && *k == key => {}
         // A new session: the pool cannot open one on a silent network within its
         // acquire timeout.
         (_, Err(Error::Database(sqlx::Error::PoolTimedOut))) => {}
@@ -197,7 +209,14 @@ async fn give_up_case(op: Op, held: bool) -> GiveUp {
             "{op:?}: try_lock after healing"
         );
         assert_eq!(support::holders(key).await.len(), 1);
-        lock.close().await.unwrap();
+        let closed = lock.close().await;
+        match unaccounted {
+            true => assert!(
+                matches!(closed, Err(Error::LockLost { key: k }) if k == key),
+                "{op:?}: close with the lost level unaccounted for: {closed:?}"
+            ),
+            false => closed.unwrap(),
+        }
     }
     assert!(support::holders(key).await.is_empty());
     pool.close().await;
@@ -325,7 +344,7 @@ fn lost_resolves_with_lock_lost_on_a_silent_network() {
             LOST_CHECK_INTERVAL,
             CHECK_TIMEOUT
         );
-        // The loss is reported once (by lost()); the next call looks for a new session
+        // The loss was reported (by lost()); the next acquisition looks for a new session
         // and, the network still silent, fails fast.
         let start = Instant::now();
         let next = rt::timeout(ACQUIRE_TIMEOUT + MARGIN * 4, lock.try_lock())
@@ -347,6 +366,12 @@ fn lost_resolves_with_lock_lost_on_a_silent_network() {
         )
         .await;
         assert!(lock.try_lock().await.unwrap(), "works again after healing");
+        lock.unlock().await.unwrap();
+        let lost = lock.unlock().await;
+        assert!(
+            matches!(lost, Err(Error::LockLost { key: k }) if k == key),
+            "the unlock of the level lost on the silent network: {lost:?}"
+        );
         lock.close().await.unwrap();
         pool.close().await;
     });
@@ -450,7 +475,11 @@ fn blocking_lock_waits_on_a_silent_network_while_the_holders_lost_catches_the_lo
         // Both locks work again, on new sessions.
         assert!(holder.try_lock().await.unwrap());
         assert!(!waiter.try_lock().await.unwrap());
-        holder.close().await.unwrap();
+        let closed = holder.close().await;
+        assert!(
+            matches!(closed, Err(Error::LockLost { key: k }) if k == key),
+            "the holder's lost level, never unlocked, is reported at close: {closed:?}"
+        );
         assert!(waiter.try_lock().await.unwrap());
         waiter.close().await.unwrap();
         assert!(support::holders(key).await.is_empty());
