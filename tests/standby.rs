@@ -573,12 +573,16 @@ fn a_blocking_xact_lock_on_a_standby_is_refused_at_once_even_while_a_session_the
         let settings = usable_with_settings(&mut tx).await;
         for how in [XactAcquisition::Lock, XactAcquisition::LockShared] {
             let what = format!("xact {how:?} behind a holder");
+            let start = Instant::now();
             let result = bounded_by(AT_ONCE, &what, xact_attempt(&mut tx, key, how)).await;
             assert_refused(&result, key, &what);
+            eprintln!("standby: {what} refused in {:?}", start.elapsed());
         }
         let what = "xact try_lock_for(10 s) behind a holder";
+        let start = Instant::now();
         let result = bounded_by(AT_ONCE, what, xact::try_lock_for(&mut tx, key, LONG_WAIT)).await;
         assert_refused(&result, key, what);
+        eprintln!("standby: {what} refused in {:?}", start.elapsed());
         let what = "xact try_lock_shared_for(10 s) behind a holder";
         let result = bounded_by(
             AT_ONCE,
