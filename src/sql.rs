@@ -281,47 +281,69 @@ pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT \
 pub(crate) const SET_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
 
-/// Transaction-scoped: blocks until the exclusive level is granted; released at commit
-/// or rollback.
+/// Transaction-scoped: blocks until the exclusive level is granted (true); released at
+/// commit or rollback. NULL, and nothing taken, on a hot standby, whose advisory locks
+/// exclude no one on the primary: CASE checks `pg_is_in_recovery()` first, in the same
+/// round trip.
 pub(crate) const XACT_LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_xact_lock($1)",
-    pair: "SELECT pg_advisory_xact_lock($1, $2)",
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_advisory_xact_lock($1)::text = '' END",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_advisory_xact_lock($1, $2)::text = '' END",
 };
 
-/// Transaction-scoped: blocks until the shared level is granted.
+/// Transaction-scoped: blocks until the shared level is granted; NULL on a standby
+/// (see [`XACT_LOCK`]).
 pub(crate) const XACT_LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_xact_lock_shared($1)",
-    pair: "SELECT pg_advisory_xact_lock_shared($1, $2)",
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_advisory_xact_lock_shared($1)::text = '' END",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_advisory_xact_lock_shared($1, $2)::text = '' END",
 };
 
-/// Transaction-scoped: takes the exclusive level if it is free now.
+/// Transaction-scoped: takes the exclusive level if it is free now; NULL on a standby
+/// (see [`XACT_LOCK`]).
 pub(crate) const TRY_XACT_LOCK: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_xact_lock($1)",
-    pair: "SELECT pg_try_advisory_xact_lock($1, $2)",
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_try_advisory_xact_lock($1) END",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_try_advisory_xact_lock($1, $2) END",
 };
 
-/// Transaction-scoped: takes the shared level if it is free now.
+/// Transaction-scoped: takes the shared level if no one holds it exclusively now; NULL
+/// on a standby (see [`XACT_LOCK`]).
 pub(crate) const TRY_XACT_LOCK_SHARED: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_try_advisory_xact_lock_shared($1)",
-    pair: "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_try_advisory_xact_lock_shared($1) END",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+        ELSE pg_try_advisory_xact_lock_shared($1, $2) END",
 };
 
-/// Transaction-scoped [`TRY_LOCK_FOR`]: waits at most `$n` for the exclusive level.
+/// Transaction-scoped [`TRY_LOCK_FOR`]: waits at most `$n` for the exclusive level (true;
+/// SQLSTATE 55P03 on timeout); NULL on a standby, without waiting (see [`XACT_LOCK`]).
 pub(crate) const TRY_XACT_LOCK_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_xact_lock($1), set_config('lock_timeout', s.previous, true) \
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            ELSE pg_advisory_xact_lock($1)::text = '' END, \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
               set_config('lock_timeout', $2, true) OFFSET 0) AS s",
-    pair: "SELECT pg_advisory_xact_lock($1, $2), set_config('lock_timeout', s.previous, true) \
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            ELSE pg_advisory_xact_lock($1, $2)::text = '' END, \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
               set_config('lock_timeout', $3, true) OFFSET 0) AS s",
 };
 
-/// Transaction-scoped [`TRY_LOCK_SHARED_FOR`].
+/// Transaction-scoped [`TRY_LOCK_SHARED_FOR`]; NULL on a standby (see [`XACT_LOCK`]).
 pub(crate) const TRY_XACT_LOCK_SHARED_FOR: KeyedSql = KeyedSql {
-    bigint: "SELECT pg_advisory_xact_lock_shared($1), set_config('lock_timeout', s.previous, true) \
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            ELSE pg_advisory_xact_lock_shared($1)::text = '' END, \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
               set_config('lock_timeout', $2, true) OFFSET 0) AS s",
-    pair: "SELECT pg_advisory_xact_lock_shared($1, $2), set_config('lock_timeout', s.previous, true) \
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            ELSE pg_advisory_xact_lock_shared($1, $2)::text = '' END, \
+        set_config('lock_timeout', s.previous, true) \
         FROM (SELECT current_setting('lock_timeout') AS previous, \
               set_config('lock_timeout', $3, true) OFFSET 0) AS s",
 };

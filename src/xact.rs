@@ -27,6 +27,11 @@
 //! # }
 //! ```
 //!
+//! On a hot standby (a server in recovery) every acquisition returns
+//! [`Error::StandbyServer`] and takes nothing: advisory locks granted there are local to
+//! the standby and exclude no session on the primary. The check is part of the
+//! acquisition's own statement, and the transaction stays usable.
+//!
 //! Cancelling one of these futures mid-wait leaves the statement running on the
 //! transaction's session (sqlx cannot cancel it); rolling back or dropping the transaction
 //! then waits for it. Give up on waits with [`try_lock_for`] instead.
@@ -88,11 +93,12 @@ pub async fn try_lock_shared_for(
 
 async fn blocking(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<()> {
     fenced(conn, async |conn| {
-        sqlx::query_with(sql.for_key(key), key_args(key)?)
+        let granted: Option<bool> = sqlx::query_scalar_with(sql.for_key(key), key_args(key)?)
             .persistent(false)
-            .execute(conn)
+            .fetch_one(conn)
             .await
             .map_err(|err| error::from_acquisition(err, key))?;
+        not_on_standby(granted, key)?;
         Ok(())
     })
     .await
@@ -100,13 +106,20 @@ async fn blocking(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Resul
 
 async fn trying(conn: &mut PgConnection, key: LockKey, sql: KeyedSql) -> Result<bool> {
     fenced(conn, async |conn| {
-        sqlx::query_scalar_with(sql.for_key(key), key_args(key)?)
+        let granted: Option<bool> = sqlx::query_scalar_with(sql.for_key(key), key_args(key)?)
             .persistent(false)
             .fetch_one(conn)
             .await
-            .map_err(|err| error::from_acquisition(err, key))
+            .map_err(|err| error::from_acquisition(err, key))?;
+        not_on_standby(granted, key)
     })
     .await
+}
+
+/// An acquisition's answer: NULL is the statement saying the server is a hot standby and
+/// it took nothing there.
+fn not_on_standby(answer: Option<bool>, key: LockKey) -> Result<bool> {
+    answer.ok_or(Error::StandbyServer { key })
 }
 
 async fn timed(
@@ -136,11 +149,12 @@ async fn timed(
         }
         let mut args = key_args(key)?;
         add(&mut args, format!("{millis}ms"))?;
-        sqlx::query_with(timed.for_key(key), args)
+        let granted: Option<bool> = sqlx::query_scalar_with(timed.for_key(key), args)
             .persistent(false)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|err| error::from_acquisition(err, key))?;
+        not_on_standby(granted, key)?;
         if lift {
             set_local_statement_timeout(conn, statement_timeout).await?;
         }

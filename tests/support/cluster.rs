@@ -255,3 +255,195 @@ impl PrivateCluster {
         self.dir.join("server.log")
     }
 }
+
+/// A streaming hot standby of a [`PrivateCluster`]: `pg_basebackup -R` from the primary
+/// over loopback, on a port and socket directory of its own, in recovery until
+/// [`promote`](Standby::promote)d. Stopped and deleted when the test process exits, like
+/// the primary.
+pub struct Standby {
+    server: PrivateCluster,
+}
+
+/// The bound on building and starting a standby, and on each wait for its state.
+const STANDBY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl PrivateCluster {
+    /// Builds and starts a hot standby streaming from this cluster, and waits until it
+    /// accepts connections and `pg_is_in_recovery()` is true.
+    #[allow(dead_code)]
+    pub fn start_standby(&self) -> Standby {
+        let dir = temp_dir();
+        if self.as_postgres {
+            run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
+        }
+        let mut server = PrivateCluster {
+            dir,
+            port: 0,
+            bin: self.bin.clone(),
+            as_postgres: self.as_postgres,
+        };
+        server.remove_at_exit();
+        let data = server.dir.join("data");
+        let log = server.log_file();
+        // A fast checkpoint on the primary (the default spreads it over minutes); WAL
+        // streamed alongside; -R writes standby.signal and primary_conninfo.
+        let primary = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10",
+            self.port
+        );
+        if let Err(err) = try_run(
+            server
+                .bounded(STANDBY_LIMIT, "pg_basebackup")
+                .arg("-D")
+                .arg(&data)
+                .args(["-d", &primary])
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        ) {
+            panic!(
+                "pg_basebackup from the primary on port {} failed: {err}\nprimary log:\n{}",
+                self.port,
+                read_log(&self.log_file())
+            );
+        }
+        // The copied postgresql.auto.conf names the primary's port and socket directory;
+        // later lines win, so the standby's own go last (after -R's primary_conninfo).
+        let auto_conf = data.join("postgresql.auto.conf");
+        let copied = std::fs::read_to_string(&auto_conf).expect("read the standby's auto.conf");
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            server.port = free_port();
+            let conf = format!(
+                "{copied}\n# the standby's own\nport = {}\nunix_socket_directories = '{}'\n\
+                 hot_standby = on\n",
+                server.port,
+                server.dir.display()
+            );
+            // Rewritten in place: the file keeps its owner (the server's user) and mode.
+            std::fs::write(&auto_conf, conf).expect("write the standby's auto.conf");
+            let started = try_run(
+                server
+                    .command("pg_ctl")
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-w", "-t", "60", "start"]),
+            );
+            match started {
+                Ok(()) => {
+                    let standby = Standby { server };
+                    standby.wait_for_recovery(true);
+                    return standby;
+                }
+                Err(err) => failures.push(format!("{err}\nstandby log:\n{}", read_log(&log))),
+            }
+        }
+        panic!(
+            "could not start a standby of the private cluster on port {}:\n{}",
+            self.port,
+            failures.join("\n---\n")
+        );
+    }
+
+    /// `program` from the server's bin directory under coreutils `timeout`, so that it
+    /// cannot run longer than `limit` (then it fails with status 124).
+    fn bounded(&self, limit: std::time::Duration, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut cmd = match self.as_postgres {
+            true => {
+                let mut cmd = Command::new("runuser");
+                cmd.args(["-u", "postgres", "--", "timeout"]);
+                cmd
+            }
+            false => Command::new("timeout"),
+        };
+        cmd.args(["-k", "5", &format!("{}s", limit.as_secs().max(1))])
+            .arg(path);
+        cmd
+    }
+
+    /// `SELECT pg_is_in_recovery()` through psql (bounded): `Ok(true)` in recovery, or
+    /// why it could not tell (not accepting connections yet, say).
+    fn in_recovery(&self) -> Result<bool, String> {
+        let out = self
+            .bounded(std::time::Duration::from_secs(10), "psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", "SELECT pg_is_in_recovery()"])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .map_err(|err| format!("could not run psql: {err}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match (out.status.success(), stdout.trim()) {
+            (true, "t") => Ok(true),
+            (true, "f") => Ok(false),
+            _ => Err(format!(
+                "psql ({}): {}{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+}
+
+impl Standby {
+    /// A URL for the `postgres` database of the standby (or, once promoted, the new primary).
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The standby's server log.
+    #[allow(dead_code)]
+    pub fn log_file(&self) -> PathBuf {
+        self.server.log_file()
+    }
+
+    /// Ends recovery (`pg_ctl promote -w`) and waits until `pg_is_in_recovery()` is
+    /// false: the server is a primary of its own from then on.
+    #[allow(dead_code)]
+    pub fn promote(&self) {
+        let promoted = try_run(
+            self.server
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(self.server.dir.join("data"))
+                .args(["-w", "-t", "60", "promote"]),
+        );
+        if let Err(err) = promoted {
+            panic!(
+                "could not promote the standby on port {}: {err}\nstandby log:\n{}",
+                self.server.port,
+                read_log(&self.log_file())
+            );
+        }
+        self.wait_for_recovery(false);
+    }
+
+    /// Polls until the standby accepts connections and `pg_is_in_recovery()` is
+    /// `wanted`, failing with its log after [`STANDBY_LIMIT`].
+    fn wait_for_recovery(&self, wanted: bool) {
+        let start = std::time::Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < STANDBY_LIMIT {
+            match self.server.in_recovery() {
+                Ok(now) if now == wanted => return,
+                Ok(now) => last = format!("pg_is_in_recovery() = {now}"),
+                Err(err) => last = err,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "the standby on port {} did not reach pg_is_in_recovery() = {wanted} within \
+             {STANDBY_LIMIT:?}; last: {last}\nstandby log:\n{}",
+            self.server.port,
+            read_log(&self.log_file())
+        );
+    }
+}
+
+/// A server log for a failure message (empty if it cannot be read).
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
