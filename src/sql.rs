@@ -19,8 +19,8 @@ use crate::{Error, LockKey, Result};
 /// One statement in both key spaces: `$1` is the `bigint` key, or `$1, $2` the int pair.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyedSql {
-    pub bigint: &'static str,
-    pub pair: &'static str,
+    bigint: &'static str,
+    pair: &'static str,
 }
 
 impl KeyedSql {
