@@ -16,6 +16,9 @@ use sqlx::postgres::{PgArguments, Postgres};
 
 use crate::{Error, LockKey, Result};
 
+#[cfg(test)]
+mod tests;
+
 /// One statement in both key spaces: `$1` is the `bigint` key, or `$1, $2` the int pair.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyedSql {
