@@ -310,8 +310,8 @@ fn every_const_and_static_of_sql_rs_is_checked() {
     assert!(
         unchecked.is_empty(),
         "src/sql.rs declares {unchecked:?}, which src/sql/tests.rs does not check: add each \
-         to `constants![..]` in `checked_constants` (a new type of constant implements \
-         `Statements` there)"
+         to `constants![..]` in `checked_constants` (a new type of statement implements \
+         `Statements`); a constant that is no statement belongs in another module"
     );
     let unseen: Vec<&&str> = checked.difference(&declared).collect();
     assert!(
