@@ -2,12 +2,136 @@
 //!
 //! Each is a constant with bound parameters; nothing is ever formatted into SQL. The
 //! `bigint` and int-pair key spaces need different function signatures, so most
-//! statements come as a [`KeyedSql`] pair and [`KeyedSql::for_key`] picks one.
+//! statements come as a [`KeyedSql`] pair and [`KeyedSql::for_key`] picks one. Its fields
+//! are private: a `KeyedSql` is built only here, and read only through `for_key`.
 //!
 //! Every statement an `AdvisoryLock` sends on its session returns two columns: its value
 //! and `pg_backend_pid()`, the server session that ran it. A session lock is only a lock
 //! while every statement runs on the same server session; a transaction-pooling proxy
 //! (PgBouncer) moves them between sessions, and the lock notices at once.
+//!
+//! # Why no statement can be built at run time
+//!
+//! The compiler proves most of it. In sqlx 0.9 every function that takes a statement takes
+//! `impl SqlSafeStr`: `query`, `query_with`, `query_as`, `query_as_with`, `query_scalar`,
+//! `query_scalar_with`, `raw_sql`, `Connection::begin_with`, `Pool::begin_with`, and
+//! `Executor::execute`, `execute_many`, `fetch`, `fetch_many`, `fetch_all`, `fetch_one` and
+//! `fetch_optional` through `Execute`, which a bare statement implements only as
+//! `T: SqlSafeStr` (alone or as `(T, Option<arguments>)`). `Executor::prepare` and
+//! `prepare_with` take a `SqlStr`, which comes only from a `SqlSafeStr`,
+//! `SqlStr::from_static(&'static str)` or a `QueryBuilder`. And `SqlSafeStr` is implemented for exactly three
+//! types: `&'static str`, `SqlStr`, and sqlx's escape hatch `AssertSqlSafe<T>`. So a
+//! `String`, a `&String`, a `Box<str>`, an `Arc<str>`, a `Cow<'static, str>` or a borrowed
+//! `&str` is a compile error wherever sqlx expects SQL; the examples below fail to compile,
+//! each for that reason (the first compiles: it is the frame of the others).
+//!
+//! What the compiler still lets through, `tests/security.rs` forbids in `src/` by a text
+//! scan: `AssertSqlSafe`; `QueryBuilder`, whose `new` and `push` take any text and whose
+//! `build` wraps it in `AssertSqlSafe`; `copy_in_raw` and `copy_out_raw` (of `PgConnection`
+//! and `PgPoolCopyExt`), which take any `&str`; `raw_sql`, which binds no parameters; a
+//! `&'static str` made at run time, by `leak` (`String::leak`, `Box::leak`, ...) or a
+//! static set at run time (`OnceLock`, `LazyLock`, ...); text from outside the source
+//! (`include_str!`, `env!`, ...) or whose words a scan cannot see (`concat!`, `stringify!`);
+//! and SQL-looking text anywhere but in this file. The few uses the crate needs (the timer's
+//! leaked state, the embedded migrations) are listed there by file and count. In this file
+//! `format!` and its kin are forbidden too. `unsafe`, which could forge a `&'static str`, is
+//! forbidden by the compiler (`#![forbid(unsafe_code)]` in each crate root, which the scan
+//! checks).
+//!
+//! So every statement is a literal constant of this file, and its unit tests
+//! (`sql/tests.rs`) check each one: what varies is a `$n` parameter (`$1..$n` without gaps;
+//! advisory-lock functions take only parameters; no key-like column compared with a
+//! literal; no `set_config` value, `LIMIT` or `OFFSET` (but the `OFFSET 0` planner fence)
+//! given as a literal; no format placeholder; one statement each). They fail on a `const`
+//! or `static` of this file they were not given, and on a string literal here that is not
+//! a constant's value, so a new statement cannot go unchecked.
+//!
+//! ```no_run
+//! # use sqlx::{Executor, PgConnection, postgres::PgArguments};
+//! # async fn frame(conn: &mut PgConnection, args: PgArguments) -> sqlx::Result<()> {
+//! const STATEMENT: &str = "SELECT pg_try_advisory_lock($1)";
+//! sqlx::query_with(STATEMENT, args).execute(&mut *conn).await?;
+//! conn.execute(STATEMENT).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A formatted `String` (and so a `&String`):
+//!
+//! ```compile_fail,E0277
+//! # async fn f(conn: &mut sqlx::PgConnection, key: i64) {
+//! let _ = sqlx::query(format!("SELECT pg_advisory_lock({key})")).execute(conn).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0277
+//! # async fn f(conn: &mut sqlx::PgConnection, key: i64) {
+//! let _ = sqlx::query(&format!("SELECT pg_advisory_lock({key})")).execute(conn).await;
+//! # }
+//! ```
+//!
+//! A borrow of a local `String`, and a `&str` parameter, which could hold any text:
+//!
+//! ```compile_fail,E0597
+//! # async fn f(conn: &mut sqlx::PgConnection, text: String) {
+//! let _ = sqlx::query_as::<_, (bool,)>(text.as_str()).fetch_one(conn).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0521
+//! # async fn f(conn: &mut sqlx::PgConnection, args: sqlx::postgres::PgArguments, sql: &str) {
+//! let _ = sqlx::query_scalar_with::<_, bool, _>(sql, args).fetch_one(conn).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0521
+//! # async fn f(conn: &mut sqlx::PgConnection, sql: &str) {
+//! let _ = sqlx::raw_sql(sql).execute(conn).await;
+//! # }
+//! ```
+//!
+//! `Executor` methods, given a `String`, a `&str`, or a `&str` with arguments:
+//!
+//! ```compile_fail,E0277
+//! # use sqlx::Executor;
+//! # async fn f(conn: &mut sqlx::PgConnection, text: String) {
+//! let _ = conn.execute(text).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0521
+//! # use sqlx::Executor;
+//! # async fn f(conn: &mut sqlx::PgConnection, sql: &str) {
+//! let _ = conn.fetch_one(sql).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0521
+//! # use sqlx::Executor;
+//! # async fn f(conn: &mut sqlx::PgConnection, args: sqlx::postgres::PgArguments, sql: &str) {
+//! let _ = conn.execute((sql, Some(args))).await;
+//! # }
+//! ```
+//!
+//! Owned strings of other kinds, and a `SqlStr` made from a borrowed `&str`:
+//!
+//! ```compile_fail,E0277
+//! # async fn f(conn: &mut sqlx::PgConnection, sql: std::borrow::Cow<'static, str>) {
+//! let _ = sqlx::query(sql).execute(conn).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0277
+//! # async fn f(conn: &mut sqlx::PgConnection, sql: std::sync::Arc<str>) {
+//! let _ = sqlx::query(sql).execute(conn).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0521
+//! # async fn f(conn: &mut sqlx::PgConnection, sql: &str) {
+//! let _ = sqlx::query(sqlx::SqlStr::from_static(sql)).execute(conn).await;
+//! # }
+//! ```
 
 use std::time::Duration;
 
@@ -16,11 +140,14 @@ use sqlx::postgres::{PgArguments, Postgres};
 
 use crate::{Error, LockKey, Result};
 
+#[cfg(test)]
+mod tests;
+
 /// One statement in both key spaces: `$1` is the `bigint` key, or `$1, $2` the int pair.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyedSql {
-    pub bigint: &'static str,
-    pub pair: &'static str,
+    bigint: &'static str,
+    pair: &'static str,
 }
 
 impl KeyedSql {
