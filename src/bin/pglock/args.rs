@@ -1,0 +1,188 @@
+//! The command line, as clap reads it, and how a lock argument names a key.
+
+use std::ffi::OsString;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pglock::LockKey;
+
+use crate::{duration, exit};
+
+/// flock(1) for PostgreSQL advisory locks: run a command while holding a lock that every
+/// host on the same database sees.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pglock",
+    version,
+    about = "flock(1) for PostgreSQL advisory locks: run commands under locks that every host \
+             sharing the database sees",
+    long_about = "flock(1) for PostgreSQL advisory locks: run commands under locks that every \
+                  host sharing the database sees.\n\n\
+                  A lock is a key (42, -7, or a pair of 32-bit integers 1,-2) or a name, hashed \
+                  into a key exactly as Go's pglock.Hash and Rust's pglock::hash do, so shell \
+                  scripts, Rust and Go services share the same locks.",
+    after_help = exit::help(),
+    propagate_version = true
+)]
+pub struct Cli {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db [default: $DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command while holding a lock, then release it (like flock(1))
+    #[command(
+        long_about = "Run a command while holding a lock, then release it (like flock(1)).\n\n\
+                      Waits for the lock as long as it takes, unless --timeout bounds the wait \
+                      or --no-wait tries once. When the lock is not acquired, prints the \
+                      holder's backend pid and exits with the conflict exit code (1).\n\n\
+                      SIGINT, SIGTERM, SIGHUP and SIGQUIT received while the command runs are \
+                      forwarded to it; pglock exits with the command's status (128+N if it died \
+                      of signal N) once it exits, and releases the lock. The lock belongs to \
+                      pglock's database session: if pglock is killed (even with SIGKILL), the \
+                      connection closes and the server frees the lock at once, though the \
+                      command keeps running without it.",
+        after_help = format!(
+            "Examples:\n  \
+             pglock run nightly-report -- ./report.sh\n  \
+             pglock run --no-wait backup -- pg_dump -f backup.sql app\n  \
+             pglock run --timeout 30s --conflict-exit-code 75 migrate -- ./migrate\n  \
+             pglock run --shared 1,7 -- ./read-only-job\n\n{}",
+            exit::help()
+        )
+    )]
+    Run(RunArgs),
+
+    /// Show who holds and who waits for advisory locks
+    #[command(
+        long_about = "Show who holds and who waits for advisory locks in the database: one row \
+                      per session and mode, holders first, then waiters in arrival order. PID \
+                      is the server backend's pid (pg_backend_pid()), as in pg_stat_activity.\n\n\
+                      With a lock argument, only that key; without, every advisory lock in the \
+                      current database."
+    )]
+    Status(StatusArgs),
+
+    /// Print the key a name hashes to (the same as Go's pglock.Hash)
+    #[command(
+        long_about = "Print the bigint key a name hashes to: FNV-1a 64 of its UTF-8 bytes, read \
+                      as a signed integer. The same as pglock::hash in Rust and pglock.Hash in \
+                      Go, and the key `pglock run <name>` locks."
+    )]
+    Hash {
+        /// The lock's name (taken as is: no trimming or Unicode normalisation)
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+    },
+}
+
+/// How to read the lock argument, shared by `run` and `status`.
+#[derive(Debug, Args)]
+pub struct LockArg {
+    /// Read LOCK as a name (hashed) even if it looks like a key
+    #[arg(long)]
+    pub name: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock: a key (42, -7, or 1,-2) or a name (hashed as Go's pglock.Hash)
+    #[arg(value_name = "LOCK", allow_hyphen_values = true)]
+    pub lock: String,
+
+    #[command(flatten)]
+    pub how: LockArg,
+
+    /// Take the lock in shared mode: shared holders run together, never with an exclusive one
+    #[arg(short, long)]
+    pub shared: bool,
+
+    /// Give up after waiting this long: 10s, 500ms, 2m, 1h30m, or plain seconds (1.5)
+    #[arg(short = 'w', long, value_name = "DURATION", value_parser = duration::parse, conflicts_with = "no_wait")]
+    pub timeout: Option<Duration>,
+
+    /// Try once: if the lock is held, do not wait
+    #[arg(short, long)]
+    pub no_wait: bool,
+
+    /// Exit code when the lock is not acquired (--no-wait or --timeout)
+    #[arg(short = 'E', long, value_name = "N", default_value_t = exit::NOT_ACQUIRED)]
+    pub conflict_exit_code: u8,
+
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this lock: a key (42, -7, or 1,-2) or a name [default: every advisory lock]
+    #[arg(value_name = "LOCK", allow_hyphen_values = true)]
+    pub lock: Option<String>,
+
+    #[command(flatten)]
+    pub how: LockArg,
+}
+
+/// A lock as the user named it.
+pub struct Lock {
+    pub key: LockKey,
+    /// The name it was hashed from, if it was a name.
+    pub name: Option<String>,
+}
+
+impl Lock {
+    /// A key if `arg` reads as one (and `force_name` is off), else a hashed name.
+    pub fn parse(arg: &str, force_name: bool) -> Lock {
+        match LockKey::from_str(arg) {
+            Ok(key) if !force_name => Lock { key, name: None },
+            _ => Lock {
+                key: LockKey::from_name(arg),
+                name: Some(arg.to_owned()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name:?} (key {})", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn lock_arguments_are_keys_unless_they_are_names() {
+        assert_eq!(Lock::parse("42", false).key, LockKey::BigInt(42));
+        assert_eq!(Lock::parse("-7", false).key, LockKey::BigInt(-7));
+        assert_eq!(Lock::parse("1,-2", false).key, LockKey::IntPair(1, -2));
+        assert_eq!(
+            Lock::parse("mylock", false).key,
+            LockKey::BigInt(5745039872434889948)
+        );
+        assert_eq!(Lock::parse("42", true).key, LockKey::from_name("42"));
+        assert_eq!(Lock::parse("42", false).to_string(), "42");
+        assert_eq!(
+            Lock::parse("mylock", false).to_string(),
+            "\"mylock\" (key 5745039872434889948)"
+        );
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
