@@ -3,28 +3,16 @@
 
 use std::time::Duration;
 
-/// `10s`, `500ms`, `2m`, `1h`, or plain (possibly fractional) seconds.
+/// `10s`, `500ms`, `2m`, `1h30m` (humantime's syntax), or plain (possibly fractional)
+/// seconds, as flock(1)'s `-w` takes them.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" | "mins" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?}: use ms, s, m or h (10s, 500ms, 2m), or plain seconds"
-            ));
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use 10s, 500ms, 2m, or plain seconds"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|err| format!("{text:?}: {err}"))
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"));
+    }
+    humantime::parse_duration(text).map_err(|err| {
+        format!("{text:?} is not a duration ({err}): use 10s, 500ms, 2m, 1h30m, or plain seconds")
+    })
 }
 
 /// 350ms, 1.2s, 2m05s, 3h07m: short, one word, for messages and table cells.
@@ -51,7 +39,9 @@ mod tests {
         assert_eq!(parse("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "-1s", "10x", "1.2.3s", "ten"] {
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "s", "-1s", "-1", "10x", "1.2.3s", "ten", "inf", "NaN"] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
     }

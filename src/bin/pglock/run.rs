@@ -17,9 +17,12 @@ pub async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
 
     let acquired = tokio::select! {
         acquired = acquire::acquire(&database, &lock, &request) => acquired?,
-        (number, name) = signals.next() => {
-            say!("pglock: got SIG{name} while waiting for lock {lock}; the command was not run");
-            return Ok(exit::of_signal(number));
+        caught = signals.next() => {
+            say!(
+                "pglock: got SIG{} while waiting for lock {lock}; the command was not run",
+                caught.name
+            );
+            return Ok(exit::of_signal(caught.signal.as_raw()));
         }
     };
     let (pool, mut advisory) = match acquired {

@@ -1,67 +1,70 @@
 //! The signals pglock catches (to forward them to the command, or to end a wait for the
 //! lock), and sending signals to the command.
 
-use std::process::Stdio;
-
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::exit::Fatal;
 
-/// The signals pglock forwards (and that end a wait for the lock).
+/// The signals pglock forwards (and that end a wait for the lock), with their names.
+const FORWARDED: [(Signal, &str); 4] = [
+    (Signal::HUP, "HUP"),
+    (Signal::INT, "INT"),
+    (Signal::QUIT, "QUIT"),
+    (Signal::TERM, "TERM"),
+];
+
+/// A signal and its name without `SIG`, for messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Caught {
+    pub signal: Signal,
+    pub name: &'static str,
+}
+
+/// Listeners for the signals pglock forwards.
 pub struct Signals {
-    hup: Signal,
-    int: Signal,
-    quit: Signal,
-    term: Signal,
+    listeners: Vec<(tokio::signal::unix::Signal, Caught)>,
 }
 
 impl Signals {
     /// From now on SIGHUP, SIGINT, SIGQUIT and SIGTERM are ours to handle.
     pub fn new() -> Result<Self, Fatal> {
-        let listen = |kind: SignalKind| {
-            signal(kind).map_err(|err| Fatal(format!("cannot handle signals: {err}")))
-        };
-        Ok(Signals {
-            hup: listen(SignalKind::hangup())?,
-            int: listen(SignalKind::interrupt())?,
-            quit: listen(SignalKind::quit())?,
-            term: listen(SignalKind::terminate())?,
-        })
+        let mut listeners = Vec::with_capacity(FORWARDED.len());
+        for (sig, name) in FORWARDED {
+            let listener = signal(SignalKind::from_raw(sig.as_raw()))
+                .map_err(|err| Fatal(format!("cannot handle SIG{name}: {err}")))?;
+            listeners.push((listener, Caught { signal: sig, name }));
+        }
+        Ok(Signals { listeners })
     }
 
-    /// The next signal: its number and its name without `SIG`, as kill(1) takes it.
-    pub async fn next(&mut self) -> (i32, &'static str) {
-        let kind = tokio::select! {
-            _ = self.hup.recv() => (SignalKind::hangup(), "HUP"),
-            _ = self.int.recv() => (SignalKind::interrupt(), "INT"),
-            _ = self.quit.recv() => (SignalKind::quit(), "QUIT"),
-            _ = self.term.recv() => (SignalKind::terminate(), "TERM"),
-        };
-        (kind.0.as_raw_value(), kind.1)
+    /// The next signal that reaches pglock.
+    pub async fn next(&mut self) -> Caught {
+        std::future::poll_fn(|cx| {
+            for (listener, caught) in &mut self.listeners {
+                if let std::task::Poll::Ready(Some(())) = listener.poll_recv(cx) {
+                    return std::task::Poll::Ready(*caught);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }
 
-/// Sends signal `name` (`TERM`, ...) to `pid` with kill(1), without unsafe code.
-pub async fn send(name: &str, pid: u32) {
-    let pid = pid.to_string();
-    let quiet = |command: &mut tokio::process::Command| {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-    };
-    let mut kill = tokio::process::Command::new("kill");
-    kill.args(["-s", name, &pid]);
-    quiet(&mut kill);
-    if kill.status().await.is_ok() {
+/// Sends `signal` to the command, whose pid is `pid`; says so on stderr if it cannot.
+pub fn send(signal: Caught, pid: u32) {
+    let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        say!(
+            "pglock: cannot send SIG{} to the command: bad pid {pid}",
+            signal.name
+        );
         return;
-    }
-    // No kill(1) on PATH: the shell's builtin.
-    let mut sh = tokio::process::Command::new("/bin/sh");
-    sh.args(["-c", "kill -s \"$0\" \"$1\"", name, &pid]);
-    quiet(&mut sh);
-    if let Err(err) = sh.status().await {
-        say!("pglock: cannot forward SIG{name} to the command: {err}");
+    };
+    if let Err(err) = kill_process(target, signal.signal) {
+        say!(
+            "pglock: cannot send SIG{} to the command: {err}",
+            signal.name
+        );
     }
 }

@@ -47,9 +47,9 @@ pub async fn supervise(
                     }
                 };
             }
-            (_, name) = signals.next() => {
+            caught = signals.next() => {
                 if let Some(pid) = pid {
-                    signals::send(name, pid).await;
+                    signals::send(caught, pid);
                 }
             }
             lost = advisory.lost(), if watching => {
