@@ -609,3 +609,371 @@ fn connection_errors_never_show_the_password() {
         assert_eq!(out.code(), Some(2), "{out:?}");
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// A lock lost while the command runs (--on-lost)
+
+/// pglock's exit code for a lock lost under `--on-lost term` or `kill`.
+const LOCK_LOST: i32 = 3;
+
+/// Ends the session of the one pglock holder of `key`, found in `pg_locks`, from another
+/// session (`pg_terminate_backend`), as a failover or an operator would; returns when the
+/// server has done it.
+async fn terminate_holder(key: LockKey) -> Instant {
+    let holders = support::holders(key).await;
+    assert_eq!(holders.len(), 1, "one holder of {key}: {holders:?}");
+    terminate_backend(holders[0]).await
+}
+
+/// `pg_terminate_backend(pid)` from a session of our own, waiting until it is gone.
+async fn terminate_backend(pid: i32) -> Instant {
+    let mut conn = support::connect().await;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_terminate_backend");
+    let at = Instant::now();
+    assert!(ended, "backend {pid} was not terminated");
+    let _ = sqlx::Connection::close(conn).await;
+    at
+}
+
+/// A command that records the SIGTERM it gets in `<dir>/term`, writes its pid to
+/// `<dir>/pid` and its `sleep`'s to `<dir>/sleep` once it is ready, then sleeps (30 s, or
+/// `finish_after` seconds, then writes `<dir>/finished`). With `exit_on_term`, the
+/// trap ends it (143) and its `sleep`; without, it records the signal and sleeps on.
+fn trapping_script(dir: &Scratch, exit_on_term: bool, finish_after: u32) -> String {
+    let on_term = match exit_on_term {
+        true => "kill $! 2>/dev/null; exit 143",
+        false => ":",
+    };
+    format!(
+        "trap 'echo TERM >> {term}; {on_term}' TERM; \
+         sleep {finish_after} & echo $! > {sleep}; echo $$ > {pid}; \
+         while kill -0 $! 2>/dev/null; do wait $!; done; echo finished > {finished}",
+        term = quoted(&dir.path("term")),
+        sleep = quoted(&dir.path("sleep")),
+        pid = quoted(&dir.path("pid")),
+        finished = quoted(&dir.path("finished")),
+    )
+}
+
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+/// The pid a script wrote to `path`, as an [`Orphan`] to kill if it outlives the test.
+async fn pid_in(path: &Path) -> Orphan {
+    until_written(path).await;
+    Orphan(Some(
+        std::fs::read_to_string(path)
+            .expect("read the pid file")
+            .trim()
+            .to_owned(),
+    ))
+}
+
+/// Whether the process `pid` exists (not yet reaped).
+fn process_exists(pid: &Orphan) -> bool {
+    pid.0
+        .as_ref()
+        .is_some_and(|pid| Path::new("/proc").join(pid).exists())
+}
+
+/// Asserts that no session holds `key` and a fresh one can take it.
+async fn assert_free(key: LockKey) {
+    support::eventually(Duration::from_secs(2), "the key is free", || async {
+        support::holders(key).await.is_empty()
+    })
+    .await;
+    assert!(support::free_for_another_session(key).await);
+}
+
+#[test]
+fn on_lost_term_sends_sigterm_within_2s_and_exits_with_the_lock_lost_code() {
+    rt::run(async {
+        let key = support::key("cli/on_lost_term_sends_sigterm");
+        let dir = Scratch::new("lost-term");
+        let script = trapping_script(&dir, true, 30);
+        let mut run = pglock(&[
+            "run",
+            "--on-lost",
+            "term",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        until_held(key).await;
+        let command = pid_in(&dir.path("pid")).await;
+        let _sleep = pid_in(&dir.path("sleep")).await;
+
+        let lost_at = terminate_holder(key).await;
+        let term = dir.path("term");
+        support::eventually(
+            Duration::from_secs(2),
+            "the command got SIGTERM",
+            || async { term.exists() },
+        )
+        .await;
+        eprintln!("--on-lost term: loss to SIGTERM in {:?}", lost_at.elapsed());
+        let out = run.finish().await;
+        assert_eq!(out.code(), Some(LOCK_LOST), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&term).unwrap_or_default(), "TERM\n");
+        assert!(!dir.path("finished").exists(), "the command ran on");
+        assert!(!process_exists(&command), "the command outlived pglock");
+        assert!(
+            out.stderr.contains(&arg(key)),
+            "the key is not named: {out:?}"
+        );
+        assert!(out.stderr.contains("was lost"), "{out:?}");
+        assert!(out.stderr.contains("exiting with 3 (lock lost)"), "{out:?}");
+        assert_free(key).await;
+    });
+}
+
+#[test]
+fn on_lost_kill_sends_sigkill_at_once_and_exits_with_the_lock_lost_code() {
+    rt::run(async {
+        let key = support::key("cli/on_lost_kill_sends_sigkill");
+        let dir = Scratch::new("lost-kill");
+        let script = trapping_script(&dir, true, 30);
+        // --no-wait and --on-lost combine: the lock is free, taken at once, then watched.
+        let mut run = pglock(&[
+            "run",
+            "--no-wait",
+            "--on-lost",
+            "kill",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        until_held(key).await;
+        let command = pid_in(&dir.path("pid")).await;
+        let _sleep = pid_in(&dir.path("sleep")).await;
+
+        let lost_at = terminate_holder(key).await;
+        support::eventually(Duration::from_secs(2), "the command is gone", || async {
+            !process_exists(&command)
+        })
+        .await;
+        eprintln!(
+            "--on-lost kill: loss to the command gone in {:?}",
+            lost_at.elapsed()
+        );
+        let out = run.finish().await;
+        assert_eq!(out.code(), Some(LOCK_LOST), "{out:?}");
+        assert!(!dir.path("term").exists(), "SIGTERM came first: {out:?}");
+        assert!(!dir.path("finished").exists(), "the command ran on");
+        assert!(out.stderr.contains("sending SIGKILL"), "{out:?}");
+        assert!(out.stderr.contains("was killed by signal 9"), "{out:?}");
+        assert!(
+            out.stderr.contains(&arg(key)),
+            "the key is not named: {out:?}"
+        );
+        assert_free(key).await;
+    });
+}
+
+#[test]
+fn on_lost_term_escalates_to_sigkill_after_kill_after() {
+    rt::run(async {
+        let key = support::key("cli/on_lost_term_escalates_to_sigkill");
+        let dir = Scratch::new("lost-escalate");
+        // Records SIGTERM and carries on: only SIGKILL ends it.
+        let script = trapping_script(&dir, false, 30);
+        let mut run = pglock(&[
+            "run",
+            "--on-lost",
+            "term",
+            "--kill-after",
+            "700ms",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        until_held(key).await;
+        let command = pid_in(&dir.path("pid")).await;
+        let _sleep = pid_in(&dir.path("sleep")).await;
+
+        terminate_holder(key).await;
+        let term = dir.path("term");
+        support::eventually(
+            Duration::from_secs(2),
+            "the command got SIGTERM",
+            || async { term.exists() },
+        )
+        .await;
+        let termed = Instant::now();
+        support::eventually(Duration::from_secs(3), "the command is gone", || async {
+            !process_exists(&command)
+        })
+        .await;
+        let grace = termed.elapsed();
+        assert!(
+            grace >= Duration::from_millis(600),
+            "killed early, after {grace:?}"
+        );
+        let out = run.finish().await;
+        assert_eq!(out.code(), Some(LOCK_LOST), "{out:?}");
+        assert!(out.stderr.contains("SIGKILL in 700ms"), "{out:?}");
+        assert!(
+            out.stderr.contains("still runs 700ms after SIGTERM"),
+            "{out:?}"
+        );
+        assert!(out.stderr.contains("was killed by signal 9"), "{out:?}");
+        assert_free(key).await;
+    });
+}
+
+#[test]
+fn on_lost_warn_lets_the_command_finish_and_names_the_key() {
+    rt::run(async {
+        let key = support::key("cli/on_lost_warn_lets_the_command_finish");
+        let dir = Scratch::new("lost-warn");
+        let script = format!("{}; exit 5", trapping_script(&dir, true, 4));
+        let mut run = pglock(&["run", &arg(key), "--", "sh", "-c", &script]);
+        until_held(key).await;
+        let _command = pid_in(&dir.path("pid")).await;
+        let _sleep = pid_in(&dir.path("sleep")).await;
+
+        terminate_holder(key).await;
+        // The warning comes while the command still runs.
+        support::eventually(Duration::from_secs(2), "pglock warns", || async {
+            std::fs::read_to_string(&run.err).is_ok_and(|err| err.contains("warning"))
+        })
+        .await;
+        assert!(!dir.path("finished").exists(), "the warning came too late");
+        let out = run.finish().await;
+        assert_eq!(out.code(), Some(5), "not the command's status: {out:?}");
+        assert!(dir.path("finished").exists(), "the command did not finish");
+        assert!(!dir.path("term").exists(), "the command got SIGTERM");
+        let warning = out.stderr.trim();
+        assert_eq!(warning.lines().count(), 1, "one warning: {warning}");
+        assert!(
+            warning.contains(&format!("lock {} was lost", arg(key))),
+            "{warning}"
+        );
+        assert!(warning.contains("keeps running"), "{warning}");
+        assert_free(key).await;
+    });
+}
+
+#[test]
+fn a_loss_noticed_only_on_release_is_still_a_loss() {
+    rt::run(async {
+        let key = support::key("cli/a_loss_noticed_only_on_release");
+        let dir = Scratch::new("lost-release");
+        let go = dir.path("go");
+        // Exits 0 as soon as the test says so, right after it ended pglock's session.
+        let script = format!(
+            "echo $$ > {}; while [ ! -e {} ]; do sleep 0.01; done",
+            quoted(&dir.path("pid")),
+            quoted(&go)
+        );
+        let mut run = pglock(&[
+            "run",
+            "--on-lost",
+            "term",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        until_held(key).await;
+        let _command = pid_in(&dir.path("pid")).await;
+        terminate_holder(key).await;
+        std::fs::write(&go, "").expect("tell the command to finish");
+        let out = run.finish().await;
+        // Noticed by the watch or on release (whichever came first): a loss all the same.
+        assert_eq!(out.code(), Some(LOCK_LOST), "{out:?}");
+        assert!(out.stderr.contains(&arg(key)), "{out:?}");
+        assert!(
+            !out.stderr.contains("releasing lock"),
+            "reported as a failed release: {out:?}"
+        );
+        assert_free(key).await;
+    });
+}
+
+#[test]
+fn shared_timeout_and_on_lost_combine() {
+    rt::run(async {
+        let key = support::key("cli/shared_timeout_and_on_lost_combine");
+        let pool = support::pool().await;
+        let mut reader = AdvisoryLock::new(&pool, key).await.expect("lock");
+        reader
+            .lock_shared()
+            .await
+            .expect("a shared holder from the test");
+        let ours = support::holders(key).await;
+        assert_eq!(ours.len(), 1);
+
+        let dir = Scratch::new("lost-shared");
+        let script = trapping_script(&dir, true, 30);
+        let mut run = pglock(&[
+            "run",
+            "--shared",
+            "--timeout",
+            "5s",
+            "--on-lost",
+            "kill",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        // Shared with the test's holder, at once.
+        let command = pid_in(&dir.path("pid")).await;
+        let _sleep = pid_in(&dir.path("sleep")).await;
+        let both = support::holders_with_mode(key).await;
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both.iter().all(|(_, mode)| mode == "ShareLock"), "{both:?}");
+        let pglocks: Vec<i32> = both
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| !ours.contains(pid))
+            .collect();
+
+        terminate_backend(pglocks[0]).await;
+        support::eventually(Duration::from_secs(2), "the command is gone", || async {
+            !process_exists(&command)
+        })
+        .await;
+        let out = run.finish().await;
+        assert_eq!(out.code(), Some(LOCK_LOST), "{out:?}");
+        // The test's own shared level is untouched.
+        assert_eq!(support::holders(key).await, ours);
+        reader.close().await.expect("close");
+    });
+}
+
+#[test]
+fn kill_after_without_on_lost_term_is_a_usage_error() {
+    rt::run(async {
+        for on_lost in [
+            &[][..],
+            &["--on-lost", "kill"][..],
+            &["--on-lost", "warn"][..],
+        ] {
+            let mut args = vec!["run", "--kill-after", "1s"];
+            args.extend_from_slice(on_lost);
+            args.extend_from_slice(&["x", "--", "true"]);
+            let out = pglock(&args).finish().await;
+            assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+            assert!(out.stderr.contains("--on-lost term"), "{out:?}");
+        }
+        let out = pglock(&["run", "--on-lost", "sometimes", "x", "--", "true"])
+            .finish()
+            .await;
+        assert_eq!(out.code(), Some(2), "{out:?}");
+    });
+}

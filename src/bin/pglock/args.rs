@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pglock::LockKey;
 
 use crate::{duration, exit};
@@ -47,13 +47,21 @@ pub enum Command {
                       of signal N) once it exits, and releases the lock. The lock belongs to \
                       pglock's database session: if pglock is killed (even with SIGKILL), the \
                       connection closes and the server frees the lock at once, though the \
-                      command keeps running without it.",
+                      command keeps running without it.\n\n\
+                      The lock can also be lost while the command runs: the server restarts or \
+                      fails over, the network is cut, the backend is terminated. pglock checks \
+                      every second and notices within that plus a round trip; then --on-lost \
+                      says what happens: a warning (warn, the default), SIGTERM and SIGKILL \
+                      after --kill-after (term), or SIGKILL at once (kill). Signals go to the \
+                      command's process, not to processes it started (use exec, or pass them \
+                      on). With term or kill pglock exits with the lock-lost code (3).",
         after_help = format!(
             "Examples:\n  \
              pglock run nightly-report -- ./report.sh\n  \
              pglock run --no-wait backup -- pg_dump -f backup.sql app\n  \
              pglock run --timeout 30s --conflict-exit-code 75 migrate -- ./migrate\n  \
-             pglock run --shared 1,7 -- ./read-only-job\n\n{}",
+             pglock run --shared 1,7 -- ./read-only-job\n  \
+             pglock run --on-lost term --kill-after 30s invoices -- ./send-invoices\n\n{}",
             exit::help()
         )
     )]
@@ -115,9 +123,49 @@ pub struct RunArgs {
     #[arg(short = 'E', long, value_name = "N", default_value_t = exit::NOT_ACQUIRED)]
     pub conflict_exit_code: u8,
 
+    /// What happens to the command if the lock is lost while it runs
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Warn)]
+    pub on_lost: OnLost,
+
+    /// With --on-lost term: how long the command has to exit after SIGTERM before SIGKILL [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub kill_after: Option<Duration>,
+
+    /// Exit code when the lock was lost while the command ran (--on-lost term or kill)
+    #[arg(long, value_name = "N", default_value_t = exit::LOCK_LOST)]
+    pub lost_exit_code: u8,
+
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// What `run` does to the command when the lock is lost while it runs (the session ended:
+/// a server restart, a failover, a cut network, a terminated backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLost {
+    /// Warn on stderr; the command keeps running, and pglock exits with its status
+    Warn,
+    /// Send the command SIGTERM, and SIGKILL after --kill-after; exit with the lock-lost code
+    Term,
+    /// Send the command SIGKILL at once; exit with the lock-lost code
+    Kill,
+}
+
+/// How long `--on-lost term` gives the command after SIGTERM, unless `--kill-after` says.
+pub const KILL_AFTER: Duration = Duration::from_secs(10);
+
+impl RunArgs {
+    /// The command line's rules that clap cannot state: a usage error (exit 2) if broken.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if self.kill_after.is_some() && self.on_lost != OnLost::Term {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--kill-after applies only with --on-lost term",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +210,6 @@ impl std::fmt::Display for Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn lock_arguments_are_keys_unless_they_are_names() {

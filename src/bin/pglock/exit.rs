@@ -9,6 +9,9 @@ use std::process::ExitStatus;
 /// `run`: the lock was not acquired (`--no-wait`, `--timeout`), unless
 /// `--conflict-exit-code` says otherwise (as flock(1)'s `-E`).
 pub const NOT_ACQUIRED: u8 = 1;
+/// `run`: the lock was lost while the command ran, with `--on-lost term` or `kill`,
+/// unless `--lost-exit-code` says otherwise.
+pub const LOCK_LOST: u8 = 3;
 /// Usage errors, no database URL, cannot connect, and every error from the database or
 /// the lock library (a hot standby, a missing fencing-token table, ...).
 pub const ERROR: u8 = 2;
@@ -29,7 +32,7 @@ pub fn table() -> Vec<(String, &'static str)> {
     vec![
         (
             "the command's".to_owned(),
-            "run: the command ran and exited with that status",
+            "run: the command ran and exited with that status (with --on-lost warn, also after a loss)",
         ),
         (
             format!("{SIGNAL_BASE}+N"),
@@ -38,6 +41,10 @@ pub fn table() -> Vec<(String, &'static str)> {
         (
             NOT_ACQUIRED.to_string(),
             "run: the lock was not acquired (--no-wait, --timeout); see --conflict-exit-code",
+        ),
+        (
+            LOCK_LOST.to_string(),
+            "run: the lock was lost while the command ran (--on-lost term or kill); see --lost-exit-code",
         ),
         (
             format!("{CANNOT_RUN}, {NOT_FOUND}"),
@@ -69,6 +76,15 @@ pub fn of_status(status: ExitStatus) -> u8 {
         (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(ERROR),
         (None, Some(signal)) => of_signal(signal),
         (None, None) => ERROR,
+    }
+}
+
+/// How the command ended, for messages: "exited with 0", "was killed by signal 9".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("ended ({status})"),
     }
 }
 

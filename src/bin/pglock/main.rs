@@ -41,6 +41,11 @@ use exit::Fatal;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command
+        && let Err(err) = args.check()
+    {
+        err.exit();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,12 +1,12 @@
 //! `pglock run`: take the lock, run the command under it, release it.
 
 use crate::acquire::{self, Acquired, Request, Wait};
-use crate::args::{Lock, RunArgs};
+use crate::args::{self, Lock, OnLost, RunArgs};
 use crate::database::{self, Database};
 use crate::duration::human;
 use crate::exit::{self, Fatal};
 use crate::signals::Signals;
-use crate::supervise;
+use crate::supervise::{self, Policy, Supervised};
 
 pub async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
     // Before anything can block: from here on these signals are ours to handle.
@@ -40,14 +40,69 @@ pub async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
         }
     };
 
-    let code = match supervise::spawn(&args.command) {
-        Err(code) => code,
-        Ok(child) => supervise::supervise(child, &mut advisory, &mut signals, &lock).await,
+    let policy = Policy {
+        on_lost: args.on_lost,
+        kill_after: args.kill_after.unwrap_or(args::KILL_AFTER),
+    };
+    let supervised = match supervise::spawn(&args.command) {
+        Err(code) => Err(code),
+        Ok(child) => {
+            Ok(supervise::supervise(child, &mut advisory, &mut signals, &lock, policy).await)
+        }
     };
 
-    if let Err(err) = advisory.close().await {
-        say!("pglock: warning: releasing lock {lock}: {err}");
-    }
+    // After a loss the lock says so again here (`Err(LockLost)`): that is the loss, noticed
+    // now if the watch had not seen it yet, not a failure to release.
+    let lost_at_release = match advisory.close().await {
+        Ok(()) => None,
+        Err(err @ pglock::Error::LockLost { .. }) => Some(err),
+        Err(err) => {
+            say!("pglock: warning: releasing lock {lock}: {err}");
+            None
+        }
+    };
     database::close(pool).await;
-    Ok(code)
+    Ok(match supervised {
+        Err(code) => code,
+        Ok(supervised) => exit_code(&lock, &args, supervised, lost_at_release),
+    })
+}
+
+/// What pglock exits with once the command ran: its status, unless the lock was lost
+/// and `--on-lost` is `term` or `kill`.
+fn exit_code(
+    lock: &Lock,
+    args: &RunArgs,
+    supervised: Supervised,
+    lost_at_release: Option<pglock::Error>,
+) -> u8 {
+    let Supervised { code, ended, lost } = supervised;
+    match (lost, lost_at_release, args.on_lost) {
+        (None, None, _) | (Some(_), _, OnLost::Warn) => code,
+        (Some(_), _, OnLost::Term | OnLost::Kill) => {
+            say!(
+                "pglock: the command {ended} after lock {lock} was lost; exiting with {} \
+                 (lock lost)",
+                args.lost_exit_code
+            );
+            args.lost_exit_code
+        }
+        (None, Some(err), OnLost::Warn) => {
+            say!(
+                "pglock: warning: lock {lock} was lost before the command finished ({}); \
+                 noticed on release",
+                supervise::loss(&err)
+            );
+            code
+        }
+        (None, Some(err), OnLost::Term | OnLost::Kill) => {
+            say!(
+                "pglock: lock {lock} was lost before the command finished ({}), noticed on \
+                 release after the command {ended}; exiting with {} (lock lost)",
+                supervise::loss(&err),
+                args.lost_exit_code
+            );
+            args.lost_exit_code
+        }
+    }
 }

@@ -21,6 +21,19 @@ pub struct Caught {
     pub name: &'static str,
 }
 
+impl Caught {
+    /// What `--on-lost term` sends first.
+    pub const TERM: Caught = Caught {
+        signal: Signal::TERM,
+        name: "TERM",
+    };
+    /// What `--on-lost kill` sends, and `--on-lost term` after `--kill-after`.
+    pub const KILL: Caught = Caught {
+        signal: Signal::KILL,
+        name: "KILL",
+    };
+}
+
 /// Listeners for the signals pglock forwards.
 pub struct Signals {
     listeners: Vec<(tokio::signal::unix::Signal, Caught)>,

@@ -1,13 +1,16 @@
 //! Running the command under the lock: starting it, forwarding signals to it, and
-//! watching the lock while it runs.
+//! watching the lock while it runs, acting on a loss as `--on-lost` says.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
 use pglock::AdvisoryLock;
+use tokio::time::Instant;
 
-use crate::args::Lock;
+use crate::args::{Lock, OnLost};
+use crate::duration::human;
 use crate::exit;
-use crate::signals::{self, Signals};
+use crate::signals::{self, Caught, Signals};
 
 /// Starts the command with pglock's stdio and environment; on failure, the exit code
 /// (127 not found, 126 otherwise) after a message.
@@ -25,40 +28,108 @@ pub fn spawn(command: &[OsString]) -> Result<tokio::process::Child, u8> {
         })
 }
 
-/// Waits for the child, forwarding signals to it and watching the lock; returns the exit
-/// code pglock should exit with.
+/// What `--on-lost` and `--kill-after` ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub on_lost: OnLost,
+    pub kill_after: Duration,
+}
+
+/// How the command's run went.
+pub struct Supervised {
+    /// The command's exit code (128 + N if it died of signal N).
+    pub code: u8,
+    /// How it ended, for messages: "exited with 0".
+    pub ended: String,
+    /// The loss noticed while the command ran, if any.
+    pub lost: Option<pglock::Error>,
+}
+
+/// Waits for the command, forwarding signals to it and watching the lock.
+///
+/// A loss is noticed within the lock's check interval (1 s) plus a round trip (see
+/// `AdvisoryLock::lost`); then the command is warned about, sent SIGTERM (and SIGKILL
+/// after `kill_after` if it is still running), or sent SIGKILL, as `policy` says.
 pub async fn supervise(
     mut child: tokio::process::Child,
     advisory: &mut AdvisoryLock,
     signals: &mut Signals,
     lock: &Lock,
-) -> u8 {
+    policy: Policy,
+) -> Supervised {
     // The pid stays valid until `wait` reaps the child, which ends the loop.
     let pid = child.id();
-    let mut watching = true;
+    let send = |signal: Caught| {
+        if let Some(pid) = pid {
+            signals::send(signal, pid);
+        }
+    };
+    // One watch for the whole run: re-created per loop, its check interval would restart
+    // with every forwarded signal.
+    let lost = advisory.lost();
+    tokio::pin!(lost);
+    let mut noticed: Option<pglock::Error> = None;
+    let mut kill_at: Option<Instant> = None;
     loop {
+        let kill_deadline = kill_at.unwrap_or_else(Instant::now);
         tokio::select! {
             status = child.wait() => {
-                return match status {
-                    Ok(status) => exit::of_status(status),
+                let (code, ended) = match status {
+                    Ok(status) => (exit::of_status(status), exit::describe(status)),
                     Err(err) => {
                         say!("pglock: lost track of the command: {err}");
-                        exit::ERROR
+                        (exit::ERROR, "could not be waited for".to_owned())
                     }
                 };
+                return Supervised { code, ended, lost: noticed };
             }
-            caught = signals.next() => {
-                if let Some(pid) = pid {
-                    signals::send(caught, pid);
+            caught = signals.next() => send(caught),
+            err = &mut lost, if noticed.is_none() => {
+                let why = loss(&err);
+                match policy.on_lost {
+                    OnLost::Warn => say!(
+                        "pglock: warning: lock {lock} was lost while the command ran ({why}); \
+                         the command keeps running (--on-lost warn)"
+                    ),
+                    OnLost::Term => {
+                        say!(
+                            "pglock: lock {lock} was lost while the command ran ({why}); \
+                             sending SIGTERM to the command, SIGKILL in {}",
+                            human(policy.kill_after)
+                        );
+                        send(Caught::TERM);
+                        kill_at = Some(Instant::now() + policy.kill_after);
+                    }
+                    OnLost::Kill => {
+                        say!(
+                            "pglock: lock {lock} was lost while the command ran ({why}); \
+                             sending SIGKILL to the command"
+                        );
+                        send(Caught::KILL);
+                    }
                 }
+                noticed = Some(err);
             }
-            lost = advisory.lost(), if watching => {
-                watching = false;
+            () = tokio::time::sleep_until(kill_deadline), if kill_at.is_some() => {
+                kill_at = None;
                 say!(
-                    "pglock: warning: lock {lock} may no longer be held ({lost}); \
-                     the command keeps running"
+                    "pglock: the command still runs {} after SIGTERM; sending SIGKILL",
+                    human(policy.kill_after)
                 );
+                send(Caught::KILL);
             }
         }
+    }
+}
+
+/// Why a lock was lost, in a few words: the library's `LockLost` text repeats the key
+/// and advice meant for programs; other errors are shown as they are.
+pub fn loss(err: &pglock::Error) -> String {
+    match err {
+        pglock::Error::LockLost { .. } => "its database session ended: terminated, \
+                                           disconnected, or the server restarted; another \
+                                           process may hold it now"
+            .to_owned(),
+        other => other.to_string(),
     }
 }
