@@ -977,3 +977,189 @@ fn kill_after_without_on_lost_term_is_a_usage_error() {
         assert_eq!(out.code(), Some(2), "{out:?}");
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The command's environment, fencing tokens, `pglock migrate`
+
+/// The newest fencing token issued for `key`, read from the table (0: none yet).
+async fn current_token(pool: &sqlx::PgPool, key: LockKey) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT token FROM pglock_fencing_tokens WHERE lock_key = $1")
+        .bind(key.to_string())
+        .fetch_optional(pool)
+        .await
+        .expect("read pglock_fencing_tokens")
+        .unwrap_or(0)
+}
+
+/// What a command run under pglock saw: `PGLOCK_KEY|PGLOCK_FENCING_TOKEN` (`unset` for
+/// a variable not set).
+async fn seen_env(args: &[&str], outer_token: Option<&str>) -> (Finished, String) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&[
+        "--",
+        "sh",
+        "-c",
+        "echo \"${PGLOCK_KEY-unset}|${PGLOCK_FENCING_TOKEN-unset}\"",
+    ]);
+    let out = spawn(&all, |cmd| {
+        cmd.env("DATABASE_URL", support::database_url());
+        if let Some(token) = outer_token {
+            cmd.env("PGLOCK_FENCING_TOKEN", token);
+        }
+    })
+    .finish()
+    .await;
+    let seen = out.stdout.trim().to_owned();
+    (out, seen)
+}
+
+#[test]
+fn the_command_gets_pglock_key_and_no_stale_fencing_token() {
+    rt::run(async {
+        let key = support::key("cli/the_command_gets_pglock_key");
+        let (out, seen) = seen_env(&["run", &arg(key)], Some("999")).await;
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        // An outer pglock's token does not leak into an unfenced run.
+        assert_eq!(seen, format!("{}|unset", arg(key)));
+
+        // A name: the key it hashes to, as LockKey displays it.
+        let name = format!("pglock-tests/cli/env-name/{}", std::process::id());
+        let (out, seen) = seen_env(&["run", "--shared", &name], None).await;
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        assert_eq!(seen, format!("{}|unset", LockKey::from_name(&name)));
+
+        let pair = support::pair_key("cli/the_command_gets_pglock_key");
+        let (out, seen) = seen_env(&["run", "-n", &arg(pair)], None).await;
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        assert_eq!(seen, format!("{}|unset", pair));
+    });
+}
+
+#[test]
+fn fenced_runs_hand_the_command_a_growing_fencing_token() {
+    rt::run(async {
+        let pool = support::pool().await;
+        pglock::migrate(&pool).await.expect("the fencing migration");
+        let key = support::key("cli/fenced_runs_hand_the_command_a_growing_token");
+        let mut tokens = Vec::new();
+        // Every way of waiting takes a token: for ever, --no-wait, --timeout.
+        let key_arg = arg(key);
+        for wait in [&[][..], &["--no-wait"][..], &["--timeout", "5s"][..]] {
+            let mut args = vec!["run", "--fenced"];
+            args.extend_from_slice(wait);
+            args.push(&key_arg);
+            let (out, seen) = seen_env(&args, Some("1")).await;
+            assert_eq!(out.code(), Some(0), "{wait:?}: {out:?}");
+            let (seen_key, token) = seen.split_once('|').expect("KEY|TOKEN");
+            assert_eq!(seen_key, key_arg);
+            let token: i64 = token.parse().unwrap_or_else(|_| panic!("a token: {seen}"));
+            // The token the server issued last for the key: this run's.
+            assert_eq!(token, current_token(&pool, key).await, "{wait:?}");
+            tokens.push(token);
+        }
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "not growing: {tokens:?}"
+        );
+        assert!(
+            support::holders(key).await.is_empty(),
+            "the key was left held"
+        );
+    });
+}
+
+#[test]
+fn a_fenced_timeout_gives_up_without_a_token_or_a_wait_left_behind() {
+    rt::run(async {
+        let pool = support::pool().await;
+        pglock::migrate(&pool).await.expect("the fencing migration");
+        let key = support::key("cli/a_fenced_timeout_gives_up");
+        let mut held = hold(&pool, key).await;
+        let before = current_token(&pool, key).await;
+        let dir = Scratch::new("fenced-timeout");
+        let marker = dir.path("ran");
+        let touch = format!("touch {}", quoted(&marker));
+        let out = pglock(&[
+            "run",
+            "--fenced",
+            "--timeout",
+            "300ms",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ])
+        .finish()
+        .await;
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("gave up after 300ms"), "{out:?}");
+        assert!(!marker.exists(), "the command ran without the lock");
+        // The server's wait ended with pglock's session, and issued no token.
+        support::eventually(Duration::from_secs(3), "the wait ended", || async {
+            support::waiters(key).await.is_empty()
+        })
+        .await;
+        assert_eq!(current_token(&pool, key).await, before);
+        held.close().await.expect("close");
+    });
+}
+
+#[test]
+fn fenced_without_the_fencing_table_says_to_run_pglock_migrate() {
+    rt::run(async {
+        // A session whose search_path finds no pglock_fencing_tokens: the table is missing
+        // as far as it can tell, without dropping it from the shared test database.
+        let url = support::database_url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{separator}options=-c%20search_path%3Dpglock_tests_no_such_schema");
+        let key = support::key("cli/fenced_without_the_fencing_table");
+        let dir = Scratch::new("fenced-missing");
+        let marker = dir.path("ran");
+        let touch = format!("touch {}", quoted(&marker));
+        let out = pglock(&[
+            "--database-url",
+            &url,
+            "run",
+            "--fenced",
+            &arg(key),
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ])
+        .finish()
+        .await;
+        assert_eq!(out.code(), Some(2), "{out:?}");
+        assert!(!marker.exists(), "the command ran");
+        let line = out.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains("pglock_fencing_tokens"), "{line}");
+        assert!(line.contains("`pglock migrate`"), "{line}");
+        assert_free(key).await;
+
+        // --fenced is exclusive only.
+        let out = pglock(&["run", "--fenced", "--shared", &arg(key), "--", "true"])
+            .finish()
+            .await;
+        assert_eq!(out.code(), Some(2), "{out:?}");
+    });
+}
+
+#[test]
+fn migrate_creates_the_fencing_table_and_can_run_again() {
+    rt::run(async {
+        for _ in 0..2 {
+            let out = pglock(&["migrate"]).finish().await;
+            assert_eq!(out.code(), Some(0), "{out:?}");
+            assert!(out.stdout.contains("pglock_fencing_tokens"), "{out:?}");
+        }
+        let pool = support::pool().await;
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('pglock_fencing_tokens')::text")
+                .fetch_one(&pool)
+                .await
+                .expect("to_regclass");
+        assert_eq!(table.as_deref(), Some("pglock_fencing_tokens"));
+    });
+}

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use pglock::fencing::FencingToken;
 use pglock::inspect::{self, LockInfo};
 use pglock::{AdvisoryLock, LockKey, LockMode, LockOptions};
 use sqlx::postgres::PgPool;
@@ -15,6 +16,8 @@ use crate::exit::Fatal;
 pub struct Request {
     pub mode: LockMode,
     pub wait: Wait,
+    /// With a fencing token (`--fenced`; exclusive only).
+    pub fenced: bool,
 }
 
 /// How long `run` waits for the lock.
@@ -40,13 +43,15 @@ impl Request {
                 (false, Some(timeout)) => Wait::UpTo(timeout),
                 (false, None) => Wait::Forever,
             },
+            fenced: args.fenced,
         }
     }
 }
 
 /// What came of asking for the lock.
 pub enum Acquired {
-    Yes(PgPool, Box<AdvisoryLock>),
+    /// Held, on the lock's own session; with its fencing token if `--fenced`.
+    Yes(PgPool, Box<AdvisoryLock>, Option<FencingToken>),
     No(PgPool),
 }
 
@@ -62,22 +67,64 @@ pub async fn acquire(
         .await
         .map_err(|err| database.connect_error(err))?
         .with_options(LockOptions::new().application_name(APPLICATION_NAME));
-    let result = match (request.mode, request.wait) {
-        (LockMode::Exclusive, Wait::No) => advisory.try_lock().await,
-        (LockMode::Shared, Wait::No) => advisory.try_lock_shared().await,
-        (LockMode::Exclusive, Wait::UpTo(t)) => advisory.try_lock_for(t).await,
-        (LockMode::Shared, Wait::UpTo(t)) => advisory.try_lock_shared_for(t).await,
-        (LockMode::Exclusive, Wait::Forever) => advisory.lock().await.map(|()| true),
-        (LockMode::Shared, Wait::Forever) => advisory.lock_shared().await.map(|()| true),
-    };
-    match result {
-        Ok(true) => Ok(Acquired::Yes(pool, Box::new(advisory))),
-        Ok(false) => {
+    match take(&mut advisory, request).await {
+        Ok(Some(token)) => Ok(Acquired::Yes(pool, Box::new(advisory), token)),
+        Ok(None) => {
             let _ = advisory.close().await;
             Ok(Acquired::No(pool))
         }
+        Err(err) if missing_fencing_table(&err) => Err(Fatal(format!(
+            "--fenced needs pglock's fencing-token table, pglock_fencing_tokens, which the \
+             database at {} does not have: create it once with `pglock migrate` (the same \
+             migrations as pglock::migrate; their SQL is in pglock's migrations/ directory)",
+            database.shown
+        ))),
         Err(err) => Err(Fatal(format!("cannot take lock {lock}: {err}"))),
     }
+}
+
+/// Takes the lock: `Some(token)` once held (the token `Some` if fenced), `None` if not
+/// acquired.
+async fn take(
+    advisory: &mut AdvisoryLock,
+    request: &Request,
+) -> pglock::Result<Option<Option<FencingToken>>> {
+    let plain = |held: bool| held.then_some(None);
+    let fenced = |token: Option<FencingToken>| token.map(Some);
+    match (request.fenced, request.mode, request.wait) {
+        (true, _, Wait::No) => advisory.try_lock_fenced().await.map(fenced),
+        (true, _, Wait::UpTo(timeout)) if timeout.is_zero() => {
+            advisory.try_lock_fenced().await.map(fenced)
+        }
+        // The library has no timed fenced acquisition: the wait is dropped when time is
+        // up, which ends the lock's session, and with it the server's wait.
+        (true, _, Wait::UpTo(timeout)) => {
+            match tokio::time::timeout(timeout, advisory.lock_fenced()).await {
+                Ok(token) => token.map(|token| Some(Some(token))),
+                Err(_elapsed) => Ok(None),
+            }
+        }
+        (true, _, Wait::Forever) => advisory.lock_fenced().await.map(|t| Some(Some(t))),
+        (false, LockMode::Exclusive, Wait::No) => advisory.try_lock().await.map(plain),
+        (false, LockMode::Shared, Wait::No) => advisory.try_lock_shared().await.map(plain),
+        (false, LockMode::Exclusive, Wait::UpTo(t)) => advisory.try_lock_for(t).await.map(plain),
+        (false, LockMode::Shared, Wait::UpTo(t)) => {
+            advisory.try_lock_shared_for(t).await.map(plain)
+        }
+        (false, LockMode::Exclusive, Wait::Forever) => advisory.lock().await.map(|()| Some(None)),
+        (false, LockMode::Shared, Wait::Forever) => {
+            advisory.lock_shared().await.map(|()| Some(None))
+        }
+    }
+}
+
+/// Whether `err` says the fencing-token table does not exist (SQLSTATE 42P01,
+/// undefined_table, naming it): the fencing migration was not run.
+fn missing_fencing_table(err: &pglock::Error) -> bool {
+    let pglock::Error::Database(sqlx::Error::Database(db)) = err else {
+        return false;
+    };
+    db.code().as_deref() == Some("42P01") && db.message().contains("pglock_fencing_tokens")
 }
 
 /// "backend pid 4242 (pglock-cli, 10.0.0.7)", from `pg_locks`; what blocks a `mode` request.

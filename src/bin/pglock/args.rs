@@ -54,14 +54,19 @@ pub enum Command {
                       says what happens: a warning (warn, the default), SIGTERM and SIGKILL \
                       after --kill-after (term), or SIGKILL at once (kill). Signals go to the \
                       command's process, not to processes it started (use exec, or pass them \
-                      on). With term or kill pglock exits with the lock-lost code (3).",
+                      on). With term or kill pglock exits with the lock-lost code (3).\n\n\
+                      The command's environment gets PGLOCK_KEY, the key (42, or 1,-2 for a \
+                      pair), and with --fenced PGLOCK_FENCING_TOKEN: a number that grows with \
+                      every fenced acquisition of the key, to pass along with each write so \
+                      that the resource refuses a former holder's (needs `pglock migrate` once).",
         after_help = format!(
             "Examples:\n  \
              pglock run nightly-report -- ./report.sh\n  \
              pglock run --no-wait backup -- pg_dump -f backup.sql app\n  \
              pglock run --timeout 30s --conflict-exit-code 75 migrate -- ./migrate\n  \
              pglock run --shared 1,7 -- ./read-only-job\n  \
-             pglock run --on-lost term --kill-after 30s invoices -- ./send-invoices\n\n{}",
+             pglock run --on-lost term --kill-after 30s invoices -- ./send-invoices\n  \
+             pglock run --fenced invoice-42 -- sh -c './send-invoice --token \"$PGLOCK_FENCING_TOKEN\"'\n\n{}",
             exit::help()
         )
     )]
@@ -76,6 +81,15 @@ pub enum Command {
                       current database."
     )]
     Status(StatusArgs),
+
+    /// Create the table --fenced needs (pglock's migrations)
+    #[command(
+        long_about = "Apply pglock's migrations to the database: today the table \
+                      pglock_fencing_tokens, which `run --fenced` needs. The same migrations as \
+                      pglock::migrate, recorded in _pglock_migrations; running them again \
+                      changes nothing."
+    )]
+    Migrate,
 
     /// Print the key a name hashes to (the same as Go's pglock.Hash)
     #[command(
@@ -118,6 +132,10 @@ pub struct RunArgs {
     /// Try once: if the lock is held, do not wait
     #[arg(short, long)]
     pub no_wait: bool,
+
+    /// Take the lock with a fencing token, handed to the command as PGLOCK_FENCING_TOKEN (needs `pglock migrate` once)
+    #[arg(long, conflicts_with = "shared")]
+    pub fenced: bool,
 
     /// Exit code when the lock is not acquired (--no-wait or --timeout)
     #[arg(short = 'E', long, value_name = "N", default_value_t = exit::NOT_ACQUIRED)]

@@ -54,7 +54,7 @@ pub fn table() -> Vec<(String, &'static str)> {
             ERROR.to_string(),
             "usage error, no database URL, cannot connect, any database or lock error",
         ),
-        ("0".to_owned(), "status, hash: success"),
+        ("0".to_owned(), "status, hash, migrate: success"),
     ]
 }
 

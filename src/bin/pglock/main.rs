@@ -9,6 +9,7 @@
 //! - [`run`]: `pglock run`, which takes the lock ([`acquire`]) and runs the command under
 //!   it ([`supervise`], with [`signals`]);
 //! - [`status`]: `pglock status`;
+//! - [`migrate`]: `pglock migrate`, the table `run --fenced` needs;
 //! - [`database`]: the database URL, connecting, and keeping its password out of messages;
 //! - [`duration`]: durations as the user writes and reads them.
 
@@ -31,6 +32,7 @@ mod args;
 mod database;
 mod duration;
 mod exit;
+mod migrate;
 mod run;
 mod signals;
 mod status;
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             Command::Hash { name } => exit::print(&format!("{}\n", pglock::hash(&name))),
             Command::Status(args) => status::status(cli.database_url, args).await,
             Command::Run(args) => run::run(cli.database_url, args).await,
+            Command::Migrate => migrate::migrate(cli.database_url).await,
         }
     });
     match result {

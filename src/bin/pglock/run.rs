@@ -25,8 +25,8 @@ pub async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
             return Ok(exit::of_signal(caught.signal.as_raw()));
         }
     };
-    let (pool, mut advisory) = match acquired {
-        Acquired::Yes(pool, advisory) => (pool, advisory),
+    let (pool, mut advisory, token) = match acquired {
+        Acquired::Yes(pool, advisory, token) => (pool, advisory, token),
         Acquired::No(pool) => {
             let why = match request.wait {
                 Wait::No => "not acquired (--no-wait)".to_owned(),
@@ -44,7 +44,7 @@ pub async fn run(url: Option<String>, args: RunArgs) -> Result<u8, Fatal> {
         on_lost: args.on_lost,
         kill_after: args.kill_after.unwrap_or(args::KILL_AFTER),
     };
-    let supervised = match supervise::spawn(&args.command) {
+    let supervised = match supervise::spawn(&args.command, &lock, token) {
         Err(code) => Err(code),
         Ok(child) => {
             Ok(supervise::supervise(child, &mut advisory, &mut signals, &lock, policy).await)

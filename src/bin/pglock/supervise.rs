@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use pglock::AdvisoryLock;
+use pglock::fencing::FencingToken;
 use tokio::time::Instant;
 
 use crate::args::{Lock, OnLost};
@@ -12,20 +13,33 @@ use crate::duration::human;
 use crate::exit;
 use crate::signals::{self, Caught, Signals};
 
-/// Starts the command with pglock's stdio and environment; on failure, the exit code
-/// (127 not found, 126 otherwise) after a message.
-pub fn spawn(command: &[OsString]) -> Result<tokio::process::Child, u8> {
+/// The environment variable that tells the command its lock's key (as `LockKey` shows it).
+pub const KEY_VAR: &str = "PGLOCK_KEY";
+/// The environment variable that hands the command its fencing token (`--fenced`).
+pub const TOKEN_VAR: &str = "PGLOCK_FENCING_TOKEN";
+
+/// Starts the command with pglock's stdio and environment, plus [`KEY_VAR`] and (only with
+/// a token: an outer pglock's must not leak through) [`TOKEN_VAR`]. On failure, the exit
+/// code (127 not found, 126 otherwise) after a message.
+pub fn spawn(
+    command: &[OsString],
+    lock: &Lock,
+    token: Option<FencingToken>,
+) -> Result<tokio::process::Child, u8> {
     let (program, rest) = command.split_first().ok_or(exit::ERROR)?;
-    tokio::process::Command::new(program)
-        .args(rest)
-        .spawn()
-        .map_err(|err| {
-            say!("pglock: cannot run {}: {err}", program.to_string_lossy());
-            match err.kind() {
-                std::io::ErrorKind::NotFound => exit::NOT_FOUND,
-                _ => exit::CANNOT_RUN,
-            }
-        })
+    let mut child = tokio::process::Command::new(program);
+    child.args(rest).env(KEY_VAR, lock.key.to_string());
+    match token {
+        Some(token) => child.env(TOKEN_VAR, token.to_string()),
+        None => child.env_remove(TOKEN_VAR),
+    };
+    child.spawn().map_err(|err| {
+        say!("pglock: cannot run {}: {err}", program.to_string_lossy());
+        match err.kind() {
+            std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+            _ => exit::CANNOT_RUN,
+        }
+    })
 }
 
 /// What `--on-lost` and `--kill-after` ask for.
