@@ -1163,3 +1163,118 @@ fn migrate_creates_the_fencing_table_and_can_run_again() {
         assert_eq!(table.as_deref(), Some("pglock_fencing_tokens"));
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// status --json
+
+/// `pglock status --json <key>`, each line parsed as a JSON object.
+async fn status_json(key: LockKey) -> Vec<serde_json::Value> {
+    let out = pglock(&["status", "--json", &arg(key)]).finish().await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    out.stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect()
+}
+
+/// Asserts that a duration in ms from `status --json` lies between what two looks with
+/// the library, just before and just after, saw.
+fn assert_ms_between(
+    what: &str,
+    json: &serde_json::Value,
+    before: Option<Duration>,
+    after: Option<Duration>,
+) {
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            let ms = json.as_u64().unwrap_or_else(|| panic!("{what}: {json}"));
+            let (low, high) = (before.as_millis(), after.as_millis());
+            assert!(
+                (low..=high).contains(&u128::from(ms)),
+                "{what}: {ms} ms not within {low}..={high}"
+            );
+        }
+        _ => assert!(json.is_null(), "{what}: {json}"),
+    }
+}
+
+#[test]
+fn status_json_matches_inspect_for_a_holder_and_a_waiter() {
+    rt::run(async {
+        let key = support::key("cli/status_json_matches_inspect");
+        let pool = support::pool().await;
+        assert!(status_json(key).await.is_empty(), "rows for a free key");
+
+        let mut held = hold(&pool, key).await;
+        let mut waiting = pglock(&["run", &arg(key), "--", "true"]);
+        support::eventually(WAIT, "pglock waits", || async {
+            !support::waiters(key).await.is_empty()
+        })
+        .await;
+        let before = pglock::inspect::locks_on(&pool, key)
+            .await
+            .expect("inspect");
+        let rows = status_json(key).await;
+        let after = pglock::inspect::locks_on(&pool, key)
+            .await
+            .expect("inspect");
+
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(before.len(), 2, "{before:?}");
+        let (classid, objid, _) = key.pg_locks_ids();
+        for ((row, before), after) in rows.iter().zip(&before).zip(&after) {
+            assert_eq!(row["key"], arg(key), "{row}");
+            assert_eq!(row["key_space"], "bigint", "{row}");
+            assert_eq!(row["classid"], classid, "{row}");
+            assert_eq!(row["objid"], objid, "{row}");
+            assert_eq!(row["mode"], before.mode.to_string(), "{row}");
+            assert_eq!(row["granted"], before.granted, "{row}");
+            assert_eq!(row["pid"], before.pid, "{row}");
+            assert_eq!(
+                row["application_name"],
+                serde_json::json!(before.application_name)
+            );
+            assert_eq!(row["client_addr"], serde_json::json!(before.client_addr));
+            let waited =
+                |info: &pglock::inspect::LockInfo| info.waiting_for.filter(|_| !info.granted);
+            assert_ms_between(
+                "waiting_ms",
+                &row["waiting_ms"],
+                waited(before),
+                waited(after),
+            );
+            assert_ms_between(
+                "query_age_ms",
+                &row["query_age_ms"],
+                before.query_age,
+                after.query_age,
+            );
+        }
+        // Holders first: the test's lock; then pglock, waiting.
+        assert_eq!(rows[0]["granted"], true);
+        assert_eq!(rows[0]["pid"], support::holders(key).await[0]);
+        assert_eq!(rows[1]["granted"], false);
+        assert_eq!(rows[1]["application_name"], "pglock-cli");
+        assert!(rows[1]["waiting_ms"].is_u64(), "{}", rows[1]);
+
+        held.unlock().await.expect("unlock");
+        assert_eq!(waiting.finish().await.code(), Some(0));
+        held.close().await.expect("close");
+
+        // An int-pair key, negative half and all.
+        let pair = support::pair_key("cli/status_json_matches_inspect");
+        let mut held = hold(&pool, pair).await;
+        let rows = status_json(pair).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let (classid, objid, _) = pair.pg_locks_ids();
+        assert_eq!(rows[0]["key"], arg(pair));
+        assert_eq!(rows[0]["key_space"], "int_pair");
+        assert_eq!(
+            (&rows[0]["classid"], &rows[0]["objid"]),
+            (&classid.into(), &objid.into())
+        );
+        held.close().await.expect("close");
+    });
+}

@@ -78,7 +78,12 @@ pub enum Command {
                       per session and mode, holders first, then waiters in arrival order. PID \
                       is the server backend's pid (pg_backend_pid()), as in pg_stat_activity.\n\n\
                       With a lock argument, only that key; without, every advisory lock in the \
-                      current database."
+                      current database.\n\n\
+                      --json prints one JSON object per row instead (nothing if there is no \
+                      row): key (a string, as 42 or 1,-2), key_space (bigint or int_pair), \
+                      classid and objid (the key's two 32-bit parts as pg_locks shows them), \
+                      mode (exclusive or shared), granted, pid, waiting_ms (null when held), \
+                      application_name, client_addr (null over a Unix socket) and query_age_ms."
     )]
     Status(StatusArgs),
 
@@ -194,6 +199,10 @@ pub struct StatusArgs {
 
     #[command(flatten)]
     pub how: LockArg,
+
+    /// One JSON object per lock row (JSON Lines) instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A lock as the user named it.
@@ -249,5 +258,37 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_readme_lists_every_flag_once() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("**Command line.**")
+            .expect("the README's CLI section");
+        let section = &readme[start..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let command = Cli::command();
+        let mut flags: Vec<String> = Vec::new();
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long().filter(|l| !["help", "version"].contains(l)) {
+                    let flag = format!("`--{long}");
+                    if !flags.contains(&flag) {
+                        flags.push(flag);
+                    }
+                }
+            }
+        }
+        for flag in flags {
+            let rows = section
+                .lines()
+                .filter(|line| line.starts_with("| ") && line.contains(&flag))
+                .count();
+            assert_eq!(
+                rows, 1,
+                "{flag}` should have one row in the README's flag table"
+            );
+        }
     }
 }
