@@ -73,14 +73,23 @@ pub async fn acquire(
             let _ = advisory.close().await;
             Ok(Acquired::No(pool))
         }
-        Err(err) if missing_fencing_table(&err) => Err(Fatal(format!(
+        Err(err) => Err(refused(err, lock, database)),
+    }
+}
+
+/// The failure pglock exits with (2) when taking the lock fails: the library's message
+/// (a hot standby, a deadlock, a full lock table, ...), or what to run when the fencing
+/// table is missing.
+fn refused(err: pglock::Error, lock: &Lock, database: &Database) -> Fatal {
+    if missing_fencing_table(&err) {
+        return Fatal(format!(
             "--fenced needs pglock's fencing-token table, pglock_fencing_tokens, which the \
              database at {} does not have: create it once with `pglock migrate` (the same \
              migrations as pglock::migrate; their SQL is in pglock's migrations/ directory)",
             database.shown
-        ))),
-        Err(err) => Err(Fatal(format!("cannot take lock {lock}: {err}"))),
+        ));
     }
+    Fatal(format!("cannot take lock {lock}: {err}"))
 }
 
 /// Takes the lock: `Some(token)` once held (the token `Some` if fenced), `None` if not
@@ -169,4 +178,24 @@ pub async fn describe_holders(pool: &PgPool, key: LockKey, mode: LockMode) -> St
         })
         .collect();
     list.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_error_is_fatal_with_its_message() {
+        let database = Database::from_args(Some("postgres://app:pw@replica:5432/db".to_owned()))
+            .expect("parses");
+        let lock = Lock::parse("nightly", false);
+        let standby = pglock::Error::StandbyServer { key: lock.key };
+        let message = standby.to_string();
+        let Fatal(fatal) = refused(standby, &lock, &database);
+        assert_eq!(
+            fatal,
+            format!("cannot take lock \"nightly\" (key {}): {message}", lock.key)
+        );
+        assert!(fatal.contains("hot standby"), "{fatal}");
+    }
 }
