@@ -131,7 +131,7 @@ pub struct RunArgs {
     pub shared: bool,
 
     /// Give up after waiting this long: 10s, 500ms, 2m, 1h30m, or plain seconds (1.5)
-    #[arg(short = 'w', long, value_name = "DURATION", value_parser = duration::parse, conflicts_with = "no_wait")]
+    #[arg(short = 'w', long, value_name = "DURATION", value_parser = duration::parse_timeout, conflicts_with = "no_wait")]
     pub timeout: Option<Duration>,
 
     /// Try once: if the lock is held, do not wait

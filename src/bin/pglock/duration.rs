@@ -15,6 +15,23 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// The longest `--timeout`: PostgreSQL's `lock_timeout` is an `int` of milliseconds.
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// A `--timeout`: [`parse`], and at most [`MAX_TIMEOUT`] (the server could not keep a
+/// longer bound; waiting for ever is leaving `--timeout` out).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse(text)?;
+    if timeout > MAX_TIMEOUT {
+        return Err(format!(
+            "{text:?} is longer than PostgreSQL's lock_timeout can be ({}); leave --timeout \
+             out to wait for ever",
+            humantime::format_duration(MAX_TIMEOUT)
+        ));
+    }
+    Ok(timeout)
+}
+
 /// 350ms, 1.2s, 2m05s, 3h07m: short, one word, for messages and table cells.
 pub fn human(duration: Duration) -> String {
     let secs = duration.as_secs();
@@ -43,6 +60,16 @@ mod tests {
         assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
         for bad in ["", "s", "-1s", "-1", "10x", "1.2.3s", "ten", "inf", "NaN"] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn timeouts_stop_where_lock_timeout_does() {
+        assert_eq!(parse_timeout("24d"), Ok(Duration::from_secs(24 * 86400)));
+        assert_eq!(parse_timeout("2147483647ms"), Ok(MAX_TIMEOUT));
+        for long in ["2147483648ms", "25d", "1e19", "500000000000y"] {
+            let err = parse_timeout(long).expect_err(long);
+            assert!(err.contains("lock_timeout"), "{err}");
         }
     }
 

@@ -112,7 +112,8 @@ pub async fn supervise(
                             human(policy.kill_after)
                         );
                         send(Caught::TERM);
-                        kill_at = Some(Instant::now() + policy.kill_after);
+                        // None for a grace too long to reckon: SIGTERM only, in effect.
+                        kill_at = Instant::now().checked_add(policy.kill_after);
                     }
                     OnLost::Kill => {
                         say!(
