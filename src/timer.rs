@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 /// The longest the timer thread sleeps, so that late deadlines never need to wake it.
 const TICK: Duration = Duration::from_millis(250);
 
+/// The longest sleep: past it a deadline means "never" (a century, as far as a lock is
+/// concerned), so that adding any `Duration` to now cannot overflow.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Completes once `duration` has passed.
 pub(crate) fn sleep(duration: Duration) -> Sleep {
     Sleep {
-        deadline: Instant::now() + duration,
+        deadline: Instant::now() + duration.min(FOREVER),
         entry: None,
     }
 }
@@ -168,5 +172,16 @@ impl Timer {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleep_of_any_length_can_be_made_without_overflow() {
+        let long = sleep(Duration::MAX);
+        assert!(long.deadline > Instant::now() + Duration::from_secs(365 * 24 * 60 * 60));
     }
 }
