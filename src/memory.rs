@@ -33,18 +33,17 @@
 //!
 //! # Deadlocks
 //!
-//! PostgreSQL finds deadlocks in two places: `ProcSleep`'s scan, at once, when a request
-//! that holds levels queues (above), and `DeadLockCheck`, which each waiter runs once,
+//! PostgreSQL looks for deadlocks in two places: in `ProcSleep`, at once, when a session
+//! holding levels queues (above), and in `DeadLockCheck`, which each waiter runs once,
 //! `deadlock_timeout` after its wait began. Only the first is modelled, because here the
-//! second can find nothing more: every `MemoryLock` is a session of its own on one key, so
-//! a waits-for cycle never leaves its key, and with only the shared and exclusive modes on
-//! one key the only sessions that wait while holding a level hold it shared and want it
-//! exclusive. The scan places such a session ahead of every exclusive waiter, so the next
-//! one to close a cycle (another shared holder asking for exclusive) finds the first in
-//! its scan and fails at once. That is where PostgreSQL fails it too: the same request,
-//! at the same moment, with the same error; its waits-for graph never has a cycle for the
-//! timed check. The differential test runs PostgreSQL with a short `deadlock_timeout` and
-//! waits longer than it to keep this claim honest.
+//! second would find nothing more. Every `MemoryLock` is a session of its own on one key,
+//! so a waits-for cycle stays on one key, and there the only sessions that wait while
+//! holding a level hold it shared and want it exclusive. The scan puts the first such
+//! session ahead of every exclusive waiter, so the next one (another shared holder asking
+//! for exclusive) meets it first and fails at once: the same request, at the same moment,
+//! with the same error as on PostgreSQL, whose waits-for graph then never keeps a cycle
+//! for the timed check. The differential test runs PostgreSQL with `deadlock_timeout =
+//! 100ms` and waits longer than that, so a cycle this argument missed would show.
 //!
 //! # What is not modelled
 //!
@@ -56,6 +55,10 @@
 //! - Cancelling a wait: a dropped wait leaves the queue and gives back a grant that raced
 //!   the drop, and the session keeps the levels it held. An `AdvisoryLock` on an owned
 //!   connection instead ends its session, so levels it held are lost.
+//! - Sessions on several keys: `AdvisoryLock`s made one after another on one borrowed
+//!   connection share its session, which may then hold one key and wait for another; such
+//!   waits can form a cycle across keys, which PostgreSQL finds `deadlock_timeout` after a
+//!   wait began. A `MemoryLock` is always a session of its own.
 //! - Transaction-level locks ([`xact`](crate::xact)) and other lock kinds.
 //!
 //! It needs no async runtime: waits are woken by whoever releases, and timed waits keep
@@ -890,8 +893,14 @@ impl Future for Wait {
                 this.ticket = None;
                 return Poll::Ready(outcome.result(key));
             }
-            if let Some(waiter) = queue.waiting.iter_mut().find(|w| w.ticket == ticket) {
-                waiter.waker.clone_from(cx.waker());
+            match queue.waiting.iter_mut().find(|w| w.ticket == ticket) {
+                Some(waiter) => waiter.waker.clone_from(cx.waker()),
+                // Neither queued nor finished (nothing does that, but never wait for a
+                // grant that cannot come): ask again.
+                None => {
+                    this.ticket = None;
+                    cx.waker().wake_by_ref();
+                }
             }
             Poll::Pending
         })
