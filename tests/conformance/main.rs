@@ -7,6 +7,7 @@
 mod support;
 
 mod backend;
+mod differential;
 mod loss;
 mod queue;
 mod suite;
