@@ -1,9 +1,11 @@
 //! The providers under test, and a way to see holders and waiters from outside a lock.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pglock::memory::MemoryLocks;
 use pglock::{DistributedLock, LockKey, LockProvider};
+use sqlx::Connection;
 
 use crate::support;
 
@@ -45,10 +47,14 @@ impl Backend {
         self.provider.new_lock(key).await.expect("new_lock")
     }
 
-    /// How many sessions hold `key`.
+    /// How many sessions hold `key`, in any mode.
     pub async fn holders(&self, key: LockKey) -> usize {
         match &self.observer {
-            Observer::Postgres => support::holders(key).await.len(),
+            Observer::Postgres => {
+                let mut pids = support::holders(key).await;
+                pids.dedup(); // one row per mode held
+                pids.len()
+            }
             Observer::Memory(locks) => locks.holders(key),
         }
     }
@@ -60,4 +66,38 @@ impl Backend {
             Observer::Memory(locks) => locks.waiters(key),
         }
     }
+
+    /// Makes every session holding `key` lose it, as a failover or an operator would;
+    /// returns how many sessions held it. PostgreSQL: `pg_terminate_backend` of each
+    /// holder's pid, from another session, waiting until those backends are gone.
+    pub async fn lose(&self, key: LockKey) -> usize {
+        match &self.observer {
+            Observer::Postgres => terminate_holders(key).await,
+            Observer::Memory(locks) => locks.lose(key),
+        }
+    }
+}
+
+async fn terminate_holders(key: LockKey) -> usize {
+    let mut pids = support::holders(key).await;
+    pids.dedup(); // one row per mode held
+    let mut conn = support::connect().await;
+    for pid in &pids {
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut conn)
+            .await
+            .expect("pg_terminate_backend");
+        assert!(ended, "pg_terminate_backend({pid})");
+    }
+    let _ = conn.close().await;
+    for &pid in &pids {
+        support::eventually(
+            Duration::from_secs(10),
+            "a terminated backend is gone",
+            || async move { !support::backend_alive(pid).await },
+        )
+        .await;
+    }
+    pids.len()
 }

@@ -10,13 +10,13 @@ use crate::backend::Backend;
 use crate::support::{self, rt};
 
 /// Bounds for every wait in this suite.
-const LIMIT: Duration = Duration::from_secs(10);
+pub const LIMIT: Duration = Duration::from_secs(10);
 
-fn key(behaviour: &str) -> LockKey {
+pub fn key(behaviour: &str) -> LockKey {
     support::key(&format!("conformance/{behaviour}"))
 }
 
-async fn wait_for_waiters(backend: &Backend, key: LockKey, n: usize) {
+pub async fn wait_for_waiters(backend: &Backend, key: LockKey, n: usize) {
     support::eventually(LIMIT, "requests queued", || async {
         backend.waiters(key).await == n
     })
