@@ -398,42 +398,45 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
-    /// Takes one level of `mode`, waiting as `wait` says. A session's first statement
-    /// sets it up and tries the key in the same round trip; only if that try fails and the
-    /// call may wait does a second statement wait.
+    /// Takes one level of `mode`, waiting as `wait` says: one try (on a new session, in
+    /// the statement that sets it up), and only if that fails and the call may wait, a
+    /// second statement that waits.
     ///
-    /// A loss this call is the first to see is reported (`LockLost`), and nothing is
-    /// taken: the caller must hear that the levels it held are gone before it stacks new
-    /// ones. A try that finds an idle session gone (nothing lost) simply tries again on a
-    /// new one; a wait whose session dies ends with the error.
+    /// An acquisition after a loss works, on a new session: the lost levels stay
+    /// counted, for the unlocks, `is_held`, `lost` and `close` to report. So a statement
+    /// that did not wait and finds its session gone (nothing it did survives) simply runs
+    /// again on a new one; a wait whose session dies ends with the error.
     async fn acquire(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
         let wait = wait.remaining(Duration::ZERO);
-        if self.newly_lost() {
-            return Err(self.lost_error());
-        }
         let start = Instant::now();
-        match self.acquire_once(mode, wait).await {
-            Ok(acquired) => Ok(acquired),
+        let lost_before = self.lost;
+        let outcome = match self.acquire_once(mode, wait).await {
             Err(Failed::BeforeWaiting(err))
                 if session::found_gone(&err) && self.session.can_reconnect() =>
             {
-                if self.newly_lost() {
-                    return Err(self.lost_error());
-                }
+                self.sync_with_session();
                 let wait = wait.remaining(start.elapsed());
-                let retried = self.acquire_once(mode, wait).await;
-                retried.map_err(|failed| self.settle(failed.into_error()))
+                self.acquire_once(mode, wait).await
             }
-            Err(failed) => Err(self.settle(failed.into_error())),
-        }
+            outcome => outcome,
+        };
+        outcome.map_err(|failed| {
+            // A call that fails anyway says so if it found levels lost on the way.
+            self.sync_with_session();
+            match self.lost != lost_before {
+                true => self.lost_error(),
+                false => failed.into_error(),
+            }
+        })
     }
 
     async fn acquire_once(&mut self, mode: LockMode, wait: Wait) -> Result<bool, Failed> {
         self.prepare().await.map_err(Failed::BeforeWaiting)?;
+        // Every acquisition tries first: uncontended it is done in that one statement,
+        // and a statement that cannot wait may simply run again if its session was gone.
         let taken = match self.session.is_fresh() {
             true => self.session.first(self.key, Some(mode)).await,
-            false if matches!(wait, Wait::No) => self.try_now(mode).await,
-            false => Ok(false),
+            false => self.try_now(mode).await,
         }
         .map_err(Failed::BeforeWaiting)?;
         let acquired = match (taken, wait) {
@@ -552,6 +555,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     async fn release_now(&mut self, mode: LockMode) -> Result<()> {
         self.prepare().await?;
+        if self.held.of(mode) == 0 {
+            // The level went with a session found gone on the way.
+            return Err(self.lost_error());
+        }
         let sql = match mode {
             LockMode::Exclusive => sql::UNLOCK,
             LockMode::Shared => sql::UNLOCK_SHARED,
@@ -572,18 +579,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// Makes sure the session is usable (a new one after a loss, where the lock can open
     /// one: levels held are then already counted as lost) and owes no deferred release.
+    /// An owed release that finds the session gone has nothing left to do; the other
+    /// levels that went with it are counted as lost, for the rules to report.
     async fn prepare(&mut self) -> Result<()> {
         self.sync_with_session();
         self.session.open(self.key).await?;
         if self.deferred.any() {
-            let deferred = self.deferred;
-            match self.unlock_levels(deferred).await {
-                // Gone with the session: nothing left to release, and a new session may
-                // be opened, unless other levels went with it (a loss to report first).
+            match self.unlock_levels(self.deferred).await {
                 Err(err) if session::found_gone(&err) => {
-                    if self.newly_lost() {
-                        return Err(self.lost_error());
-                    }
+                    self.sync_with_session();
                     self.session.open(self.key).await?;
                 }
                 outcome => outcome?,

@@ -63,11 +63,13 @@ pub trait DistributedLock: Send {
     async fn lock_shared(&mut self) -> Result<()>;
 
     /// Takes one exclusive level if that is possible at once; `Ok(false)` if another
-    /// session holds the key.
+    /// session holds the key, or (as PostgreSQL decides a request that may not wait) a
+    /// conflicting request of another session waits for it.
     async fn try_lock(&mut self) -> Result<bool>;
 
     /// Takes one shared level if that is possible at once; `Ok(false)` if another
-    /// session holds the key exclusively.
+    /// session holds the key exclusively, or an exclusive request of another session waits
+    /// for it.
     async fn try_lock_shared(&mut self) -> Result<bool>;
 
     /// Waits at most `timeout` for one exclusive level: `Ok(true)` once granted,
@@ -100,7 +102,8 @@ pub trait DistributedLock: Send {
     /// [`Error::NotHeld`](crate::Error::NotHeld), on a closed lock with
     /// [`Error::Closed`](crate::Error::Closed). See
     /// [`AdvisoryLock::lost`](crate::AdvisoryLock::lost) for how PostgreSQL locks detect
-    /// a loss; an in-memory lock is never lost, so there it waits for ever.
+    /// a loss; an in-memory lock is lost only by
+    /// [`MemoryLocks::lose`](crate::memory::MemoryLocks::lose).
     async fn lost(&mut self) -> crate::Error;
 }
 

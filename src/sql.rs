@@ -408,6 +408,60 @@ pub(crate) const STATEMENT_TIMEOUT_MS: &str = "SELECT \
 pub(crate) const SET_STATEMENT_TIMEOUT: &str =
     "SELECT set_config('statement_timeout', $1, false), pg_backend_pid()";
 
+// `LockClient` statements. A lane (a session shared by many locks) sends the operations
+// that queued up while its previous statement was in flight as one statement over
+// arrays: `unnest` numbers each operation (`WITH ORDINALITY`), and each row answers
+// one. Keys of both spaces travel in the same arrays: `pair` says whether `k1`, `k2`
+// are an int pair or `k1` a bigint. `$1` is the lane's server session, as above.
+
+/// A lane's batch: operation `n` is `kind[n]` (1 try exclusive, 2 try shared, 3 unlock
+/// exclusive, 4 unlock shared) on key (`pair[n]`, `k1[n]`, `k2[n]`). One row per
+/// operation: its number, its result (NULL on another server session), the pid.
+pub(crate) const LANE_BATCH: &str = "SELECT o.n, CASE WHEN pg_backend_pid() = $1 THEN \
+        CASE o.kind \
+        WHEN 1 THEN CASE WHEN o.pair THEN pg_try_advisory_lock(o.k1::int4, o.k2) \
+                    ELSE pg_try_advisory_lock(o.k1) END \
+        WHEN 2 THEN CASE WHEN o.pair THEN pg_try_advisory_lock_shared(o.k1::int4, o.k2) \
+                    ELSE pg_try_advisory_lock_shared(o.k1) END \
+        WHEN 3 THEN CASE WHEN o.pair THEN pg_advisory_unlock(o.k1::int4, o.k2) \
+                    ELSE pg_advisory_unlock(o.k1) END \
+        WHEN 4 THEN CASE WHEN o.pair THEN pg_advisory_unlock_shared(o.k1::int4, o.k2) \
+                    ELSE pg_advisory_unlock_shared(o.k1) END END END, \
+        pg_backend_pid() \
+    FROM unnest($2::int4[], $3::bool[], $4::int8[], $5::int4[]) \
+        WITH ORDINALITY AS o(kind, pair, k1, k2, n)";
+
+/// Every key or none, in one statement: tries each key (shared if `$2`), and if any
+/// was refused, gives back the ones it took before answering. The materialized CTEs run
+/// in order: every try, then the verdict, then the undoing. Answers whether it took
+/// them all (false, and nothing taken, on another server session than `$1`).
+pub(crate) const TRY_LOCK_ALL: &str = "WITH tried AS MATERIALIZED ( \
+        SELECT o.pair, o.k1, o.k2, CASE WHEN pg_backend_pid() <> $1 THEN NULL \
+            WHEN $2 THEN CASE WHEN o.pair THEN pg_try_advisory_lock_shared(o.k1::int4, o.k2) \
+                         ELSE pg_try_advisory_lock_shared(o.k1) END \
+            ELSE CASE WHEN o.pair THEN pg_try_advisory_lock(o.k1::int4, o.k2) \
+                 ELSE pg_try_advisory_lock(o.k1) END END AS ok \
+        FROM unnest($3::bool[], $4::int8[], $5::int4[]) WITH ORDINALITY AS o(pair, k1, k2, n)), \
+    verdict AS MATERIALIZED (SELECT coalesce(bool_and(ok), false) AS all_ok FROM tried), \
+    undone AS MATERIALIZED (SELECT count(CASE WHEN $2 \
+            THEN CASE WHEN t.pair THEN pg_advisory_unlock_shared(t.k1::int4, t.k2) \
+                 ELSE pg_advisory_unlock_shared(t.k1) END \
+            ELSE CASE WHEN t.pair THEN pg_advisory_unlock(t.k1::int4, t.k2) \
+                 ELSE pg_advisory_unlock(t.k1) END END) AS n \
+        FROM tried AS t, verdict AS v WHERE NOT v.all_ok AND t.ok) \
+    SELECT v.all_ok, pg_backend_pid() FROM verdict AS v, undone AS u";
+
+/// Waits for every key (shared if `$2`) in the order given, on a session that holds
+/// nothing else: keys taken in one global order cannot deadlock against another caller
+/// doing the same. Bounded by the session's `statement_timeout`, set before it.
+pub(crate) const LOCK_ALL: &str = "SELECT count(CASE WHEN pg_backend_pid() <> $1 THEN NULL \
+        WHEN $2 THEN CASE WHEN o.pair THEN pg_advisory_lock_shared(o.k1::int4, o.k2)::text \
+                     ELSE pg_advisory_lock_shared(o.k1)::text END \
+        ELSE CASE WHEN o.pair THEN pg_advisory_lock(o.k1::int4, o.k2)::text \
+             ELSE pg_advisory_lock(o.k1)::text END END) = cardinality($3::bool[]), \
+        pg_backend_pid() \
+    FROM unnest($3::bool[], $4::int8[], $5::int4[]) WITH ORDINALITY AS o(pair, k1, k2, n)";
+
 /// Transaction-scoped: blocks until the exclusive level is granted (true); released at
 /// commit or rollback. NULL, and nothing taken, on a hot standby, whose advisory locks
 /// exclude no one on the primary: CASE checks `pg_is_in_recovery()` first, in the same

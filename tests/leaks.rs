@@ -535,15 +535,9 @@ fn a_cancelled_unlock_leaves_no_level_behind_and_reports_the_lost_levels() {
             let mut other = support::connect().await;
             other_session_gets(&mut other, key, "after the cancelled unlock").await;
             other.close().await.unwrap();
-            // The first call after it reports the loss; then a new acquisition works, on
-            // a new session, and the levels lost with the ended session (both: the
-            // cancelled unlock's outcome is unknown) are reported by the unlocks that
-            // pair with them, after the new level (a stack).
-            let next = lock.try_lock().await;
-            assert!(
-                matches!(next, Err(Error::LockLost { key: k }) if k == key),
-                "the first call after losing levels reports it: {next:?}"
-            );
+            // A new acquisition works, on a new session; the levels lost with the ended
+            // session (both: the cancelled unlock's outcome is unknown) are reported by
+            // the unlocks that pair with them, after the new level (a stack).
             assert!(lock.try_lock().await.unwrap(), "the lock carries on");
             lock.unlock().await.unwrap();
             for n in 1..=2 {
@@ -612,12 +606,7 @@ fn a_terminated_session_is_reported_as_lock_lost_until_accounted_for_and_the_loc
             support::free_for_another_session(key).await,
             "the server freed the key"
         );
-        let next = lock.try_lock().await;
-        assert!(
-            matches!(next, Err(Error::LockLost { key: k }) if k == key),
-            "the first call after the session died must say the levels are lost: {next:?}"
-        );
-        // Then a new acquisition works, on a new session from the same pool.
+        // A new acquisition works, on a new session from the same pool.
         assert!(lock.try_lock().await.unwrap());
         assert_eq!((lock.exclusive_levels(), lock.shared_levels()), (1, 0));
         let new_pid = only(support::holders(key).await);

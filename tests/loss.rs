@@ -533,13 +533,8 @@ fn a_new_acquisition_after_a_loss_works_and_its_levels_pair_first() {
         let old = support::holders(key).await[0];
         terminate(old).await;
 
-        // The first call to see the loss reports it and takes nothing; acquisitions after
-        // it work, on a new session.
-        assert_lock_lost(
-            lock.try_lock_shared().await,
-            key,
-            "the first call after the loss",
-        );
+        // Acquisitions work at once, on a new session (the first one finds the old one
+        // gone and runs again on a new one).
         assert!(lock.try_lock_shared().await.unwrap());
         lock.lock().await.unwrap();
         let new = only_holder_of_modes(key).await;
@@ -570,7 +565,6 @@ fn close_with_lost_levels_unaccounted_for_reports_lock_lost_and_closes() {
         lock.lock_shared().await.unwrap();
         lock.lock_shared().await.unwrap();
         terminate(support::holders(key).await[0]).await;
-        assert_lock_lost(lock.try_lock().await, key, "the first call after the loss");
         assert!(lock.try_lock().await.unwrap(), "a level on a new session");
         let new = only_holder(key).await;
 

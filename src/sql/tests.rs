@@ -52,6 +52,9 @@ fn checked_constants() -> Vec<(&'static str, Vec<&'static str>)> {
         STATEMENT_TIMEOUT_MS,
         SET_STATEMENT_TIMEOUT,
         RESTORE_SESSION,
+        LANE_BATCH,
+        TRY_LOCK_ALL,
+        LOCK_ALL,
         XACT_LOCK,
         XACT_LOCK_SHARED,
         TRY_XACT_LOCK,
@@ -98,6 +101,21 @@ fn is_parameter(arg: &str) -> bool {
     let bare = arg.split("::").next().unwrap_or(arg).trim();
     bare.strip_prefix('$')
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        || is_column_of_parameters(bare)
+}
+
+/// A qualified column (`o.k1`): in these statements, always a column of `unnest` over
+/// array parameters, so still a bound value, not one spliced into the text.
+fn is_column_of_parameters(arg: &str) -> bool {
+    match arg.split_once('.') {
+        Some((table, column)) => {
+            !table.is_empty()
+                && !column.is_empty()
+                && table.chars().chain(column.chars()).all(is_ident)
+                && !table.starts_with(|c: char| c.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 /// Whether `value` starts with a literal: a quoted string or a number.
