@@ -398,25 +398,33 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
-    /// Takes one level of `mode`, waiting as `wait` says: one try (on a new session, in
-    /// the statement that sets it up), and only if that fails and the call may wait, a
-    /// second statement that waits.
+    /// Takes one level of `mode`, waiting as `wait` says. On a new session the statement
+    /// that sets it up also tries the key, so only a call that finds the key taken and
+    /// may wait sends a second statement, the wait.
     ///
     /// An acquisition after a loss works, on a new session: the lost levels stay
     /// counted, for the unlocks, `is_held`, `lost` and `close` to report. So a statement
-    /// that did not wait and finds its session gone (nothing it did survives) simply runs
-    /// again on a new one; a wait whose session dies ends with the error.
+    /// whose session is found gone runs once more on a new session, with what is left of
+    /// its time; but a wait whose session dies while it waits, taking levels the lock
+    /// held, ends with `LockLost`: the loss happened during the call. (To tell the two
+    /// apart, a lock that holds levels tries before it waits.)
     async fn acquire(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
         let wait = wait.remaining(Duration::ZERO);
         let start = Instant::now();
         let lost_before = self.lost;
         let outcome = match self.acquire_once(mode, wait).await {
-            Err(Failed::BeforeWaiting(err))
+            Err(Failed { err, waiting })
                 if session::found_gone(&err) && self.session.can_reconnect() =>
             {
+                let lost_while_waiting = waiting && self.newly_lost();
                 self.sync_with_session();
-                let wait = wait.remaining(start.elapsed());
-                self.acquire_once(mode, wait).await
+                match lost_while_waiting {
+                    true => Err(Failed { err, waiting }),
+                    false => {
+                        self.acquire_once(mode, wait.remaining(start.elapsed()))
+                            .await
+                    }
+                }
             }
             outcome => outcome,
         };
@@ -425,23 +433,22 @@ impl<C: LockConnection> AdvisoryLock<C> {
             self.sync_with_session();
             match self.lost != lost_before {
                 true => self.lost_error(),
-                false => failed.into_error(),
+                false => failed.err,
             }
         })
     }
 
     async fn acquire_once(&mut self, mode: LockMode, wait: Wait) -> Result<bool, Failed> {
-        self.prepare().await.map_err(Failed::BeforeWaiting)?;
-        // Every acquisition tries first: uncontended it is done in that one statement,
-        // and a statement that cannot wait may simply run again if its session was gone.
-        let taken = match self.session.is_fresh() {
-            true => self.session.first(self.key, Some(mode)).await,
-            false => self.try_now(mode).await,
-        }
-        .map_err(Failed::BeforeWaiting)?;
-        let acquired = match (taken, wait) {
-            (true, _) | (false, Wait::No) => taken,
-            (false, wait) => self.wait_for(mode, wait).await.map_err(Failed::Waiting)?,
+        self.prepare().await.map_err(Failed::before_waiting)?;
+        let may_wait = !matches!(wait, Wait::No);
+        let tried = match self.session.is_fresh() {
+            true => Some(self.session.first(self.key, Some(mode)).await),
+            false if !may_wait || self.held.any() => Some(self.try_now(mode).await),
+            false => None,
+        };
+        let acquired = match tried.transpose().map_err(Failed::before_waiting)? {
+            Some(taken) if taken || !may_wait => taken,
+            _ => self.wait_for(mode, wait).await.map_err(Failed::waiting)?,
         };
         if acquired {
             *self.held.of_mut(mode) += 1;
@@ -757,18 +764,22 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 }
 
-/// Where an acquisition failed: a statement that did not wait may be tried again on a new
-/// session if its own was found gone; a wait may not (its session died while it waited).
-enum Failed {
-    BeforeWaiting(Error),
-    Waiting(Error),
+/// An acquisition's error, and whether it came from a statement that waited.
+struct Failed {
+    err: Error,
+    waiting: bool,
 }
 
 impl Failed {
-    fn into_error(self) -> Error {
-        match self {
-            Failed::BeforeWaiting(err) | Failed::Waiting(err) => err,
+    fn before_waiting(err: Error) -> Failed {
+        Failed {
+            err,
+            waiting: false,
         }
+    }
+
+    fn waiting(err: Error) -> Failed {
+        Failed { err, waiting: true }
     }
 }
 
