@@ -29,7 +29,7 @@ mod support;
 
 /// pglock's timer, the file itself (its unit test is not compiled here, its import is).
 #[path = "../src/timer.rs"]
-#[allow(unused_imports)]
+#[allow(unused_imports, dead_code)]
 mod timer;
 
 use std::future::Future;

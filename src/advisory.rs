@@ -194,6 +194,13 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
+    /// Hands the session on with the levels it holds, leaving this lock closed: a
+    /// `LockClient`'s granted wait becomes one of its lanes.
+    pub(crate) fn into_session(mut self) -> Session<C> {
+        self.held = Levels::default();
+        self.session.take()
+    }
+
     /// Whether [`close`](Self::close) has run.
     pub fn is_closed(&self) -> bool {
         self.session.is_closed()

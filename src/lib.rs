@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod advisory;
+mod client;
 mod error;
 pub mod fencing;
 mod guard;
@@ -68,6 +69,7 @@ mod timer;
 pub mod xact;
 
 pub use advisory::AdvisoryLock;
+pub use client::{ClientLock, ClientOptions, LockClient, LockSet};
 pub use error::{Error, LockMode, Result};
 pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};

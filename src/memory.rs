@@ -404,6 +404,11 @@ impl MemoryLock {
         }
     }
 
+    /// Whether this session holds a level of `mode`.
+    pub(crate) fn holds(&self, mode: LockMode) -> bool {
+        self.with_queue(|queue| queue.levels(self.session).of(mode) > 0)
+    }
+
     fn open(&self) -> Result<()> {
         match self.closed {
             true => Err(Error::Closed),
@@ -415,7 +420,8 @@ impl MemoryLock {
         lock_space(&self.space).with_queue(self.key, f)
     }
 
-    fn try_now(&mut self, mode: LockMode) -> Result<bool> {
+    /// Takes a level of `mode` if that is possible at once (a `try`, without the future).
+    pub(crate) fn try_now(&mut self, mode: LockMode) -> Result<bool> {
         self.open()?;
         Ok(self.with_queue(|queue| {
             let granted = queue.grantable_now(self.session, mode);
@@ -438,7 +444,8 @@ impl MemoryLock {
         }
     }
 
-    fn release(&mut self, mode: LockMode) -> Result<()> {
+    /// Releases the newest level of `mode` (an `unlock`, without the future).
+    pub(crate) fn release(&mut self, mode: LockMode) -> Result<()> {
         self.open()?;
         let key = self.key;
         match self.with_queue(|queue| queue.release(self.session, mode)) {
@@ -446,6 +453,16 @@ impl MemoryLock {
             Released::Lost => Err(Error::LockLost { key }),
             Released::Nothing => Err(Error::NotHeld { key, mode }),
         }
+    }
+
+    /// Ends the session at once (as `close`, without the future): every level is
+    /// released; whether lost ones were unaccounted for.
+    pub(crate) fn end(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.closed = true;
+        self.end_session()
     }
 
     /// Forgets every level, held or lost; whether lost ones were unaccounted for.

@@ -381,6 +381,76 @@ impl<C: LockConnection> Session<C> {
         }
     }
 
+    /// Sends a statement whose rows are `(number, value, pg_backend_pid())`, waiting at
+    /// most the operation timeout, and checks that every row ran on the session's server
+    /// session. Returns `(number, value)` per row.
+    pub(crate) async fn fetch_numbered<T>(
+        &mut self,
+        key: LockKey,
+        effect: Effect,
+        sql: &'static str,
+        args: PgArguments,
+    ) -> Result<Vec<(i64, Option<T>)>>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        let bound = self.options.get_operation_timeout();
+        let mut statement = InFlight::begin(self, effect)?;
+        let query = sqlx::query_as_with::<_, (i64, Option<T>, i32), _>(sql, args)
+            .fetch_all(statement.conn()?);
+        let rows = match timer::timeout(bound, query).await {
+            Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
+            None => return Err(statement.unanswered(key, bound)),
+        };
+        let mut values = Vec::with_capacity(rows.len());
+        for (number, value, pid) in rows {
+            self.check_pinned(key, pid)?;
+            values.push((number, value));
+        }
+        Ok(values)
+    }
+
+    /// The advisory levels this session holds, from `pg_locks` ([`sql::LANE_HOLDINGS`]).
+    pub(crate) async fn holdings(&mut self, key: LockKey) -> Result<Vec<(LockKey, LockMode)>> {
+        let pid = self.facts.pid.ok_or(Error::Disconnected { key })?;
+        let mut args = PgArguments::default();
+        add(&mut args, pid)?;
+        let bound = self.options.get_operation_timeout();
+        let mut statement = InFlight::begin(self, Effect::Read)?;
+        let query =
+            sqlx::query_as_with::<_, (i64, i64, i16, bool, i32), _>(sql::LANE_HOLDINGS, args)
+                .fetch_all(statement.conn()?);
+        let rows = match timer::timeout(bound, query).await {
+            Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
+            None => return Err(statement.unanswered(key, bound)),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(classid, objid, objsubid, exclusive, _)| {
+                let key = LockKey::from_pg_locks_ids(
+                    u32::try_from(classid).ok()?,
+                    u32::try_from(objid).ok()?,
+                    objsubid,
+                )?;
+                let mode = match exclusive {
+                    true => LockMode::Exclusive,
+                    false => LockMode::Shared,
+                };
+                Some((key, mode))
+            })
+            .collect())
+    }
+
+    /// The session's `statement_timeout` in ms, as its first statement read it.
+    pub(crate) fn statement_timeout_ms(&self) -> i64 {
+        self.facts.statement_timeout_ms
+    }
+
+    /// The server session every statement must run on, once known.
+    pub(crate) fn pid(&self) -> Option<i32> {
+        self.facts.pid
+    }
+
     /// Lifts a session `statement_timeout` that would cut a wait of `millis` short.
     /// Returns the value to put back, if it lifted one.
     pub(crate) async fn lift_statement_timeout(
@@ -438,6 +508,19 @@ impl<C: LockConnection> Session<C> {
                 owned
             }
             None => true,
+        }
+    }
+
+    /// Moves the session out, leaving this one `Closed` with nothing to end: for a lock
+    /// whose granted wait hands its session on (a `LockClient`'s waiting session).
+    pub(crate) fn take(&mut self) -> Session<C> {
+        Session {
+            conn: self.conn.take(),
+            state: std::mem::replace(&mut self.state, State::Closed),
+            facts: std::mem::take(&mut self.facts),
+            options: self.options.clone(),
+            reconnect: self.reconnect.take(),
+            generation: self.generation,
         }
     }
 

@@ -462,6 +462,16 @@ pub(crate) const LOCK_ALL: &str = "SELECT count(CASE WHEN pg_backend_pid() <> $1
         pg_backend_pid() \
     FROM unnest($3::bool[], $4::int8[], $5::int4[]) WITH ORDINALITY AS o(pair, k1, k2, n)";
 
+/// The advisory levels this session holds (key as `pg_locks` shows it, and whether
+/// exclusive), after a lane's statement failed part-way (a full lock table, 53200): a
+/// session lock taken by a failed statement stays taken, so the client's record is
+/// mended from the server's truth. `$1` is the lane's server session.
+pub(crate) const LANE_HOLDINGS: &str = "SELECT l.classid::int8, l.objid::int8, l.objsubid, \
+        l.mode = 'ExclusiveLock', pg_backend_pid() \
+    FROM pg_catalog.pg_locks AS l \
+    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
+      AND pg_backend_pid() = $1";
+
 /// Transaction-scoped: blocks until the exclusive level is granted (true); released at
 /// commit or rollback. NULL, and nothing taken, on a hot standby, whose advisory locks
 /// exclude no one on the primary: CASE checks `pg_is_in_recovery()` first, in the same

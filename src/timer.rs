@@ -41,6 +41,14 @@ pub(crate) fn sleep(duration: Duration) -> Sleep {
     }
 }
 
+/// Completes at `deadline`.
+pub(crate) fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        entry: None,
+    }
+}
+
 /// `Some(output)` if `future` completes within `limit`; otherwise `None`, and `future`
 /// is dropped.
 pub(crate) async fn timeout<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
@@ -101,6 +109,11 @@ impl Future for Sleep {
 }
 
 impl Sleep {
+    /// When it completes.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     fn deregister(&mut self) {
         if let (Some(entry), Some(timer)) = (self.entry.take(), Timer::get()) {
             timer.wheel().entries.remove(&entry);

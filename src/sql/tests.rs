@@ -55,6 +55,7 @@ fn checked_constants() -> Vec<(&'static str, Vec<&'static str>)> {
         LANE_BATCH,
         TRY_LOCK_ALL,
         LOCK_ALL,
+        LANE_HOLDINGS,
         XACT_LOCK,
         XACT_LOCK_SHARED,
         TRY_XACT_LOCK,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pglock::memory::MemoryLocks;
-use pglock::{DistributedLock, LockKey, LockProvider};
+use pglock::{DistributedLock, LockClient, LockKey, LockProvider};
 use sqlx::Connection;
 
 use crate::support;
@@ -20,6 +20,9 @@ enum Observer {
     /// pg_locks, from another session.
     Postgres,
     Memory(MemoryLocks),
+    /// The client's record of its own locks (the server sees one session per lane), and
+    /// pg_locks to find the lanes to terminate.
+    Client(LockClient),
 }
 
 impl Backend {
@@ -35,6 +38,14 @@ impl Backend {
         Backend {
             provider: Arc::new(locks.clone()),
             observer: Observer::Memory(locks),
+        }
+    }
+
+    pub async fn client() -> Backend {
+        let client = LockClient::new(&support::pool_with(40).await);
+        Backend {
+            provider: Arc::new(client.clone()),
+            observer: Observer::Client(client),
         }
     }
 
@@ -56,6 +67,7 @@ impl Backend {
                 pids.len()
             }
             Observer::Memory(locks) => locks.holders(key),
+            Observer::Client(client) => client.holders(key),
         }
     }
 
@@ -64,6 +76,7 @@ impl Backend {
         match &self.observer {
             Observer::Postgres => support::waiters(key).await.len(),
             Observer::Memory(locks) => locks.waiters(key),
+            Observer::Client(client) => client.waiters(key),
         }
     }
 
@@ -74,6 +87,17 @@ impl Backend {
         match &self.observer {
             Observer::Postgres => terminate_holders(key).await,
             Observer::Memory(locks) => locks.lose(key),
+            Observer::Client(client) => {
+                // Its locks on the key share the lanes' sessions: terminate those, then
+                // let the client find out, as the next statement on them would.
+                let holders = client.holders(key);
+                terminate_holders(key).await;
+                client
+                    .check_sessions()
+                    .await
+                    .expect("check the client's sessions");
+                holders
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One behaviour suite, written once against `&dyn LockProvider`, run against every
-//! provider: PostgreSQL (`PgPool`) and the in-memory stand-in (`MemoryLocks`). If the
+//! provider: PostgreSQL (`PgPool`), the in-memory stand-in (`MemoryLocks`) and
+//! `LockClient`, whose locks share a few sessions. If the
 //! stand-in passes the same suite as the database, tests that swap it in are telling the
 //! truth.
 
@@ -12,7 +13,8 @@ mod loss;
 mod queue;
 mod suite;
 
-/// For each `module::behaviour`, a test `postgres::behaviour` and `memory::behaviour`.
+/// For each `module::behaviour`, a test `postgres::behaviour`, `memory::behaviour` and
+/// `client::behaviour` (a `LockClient`'s locks).
 macro_rules! conformance {
     ($($module:ident :: $behaviour:ident),* $(,)?) => {
         mod postgres {
@@ -31,6 +33,16 @@ macro_rules! conformance {
                 fn $behaviour() {
                     crate::support::rt::run(async {
                         crate::$module::$behaviour(crate::backend::Backend::memory()).await
+                    });
+                }
+            )*
+        }
+        mod client {
+            $(
+                #[test]
+                fn $behaviour() {
+                    crate::support::rt::run(async {
+                        crate::$module::$behaviour(crate::backend::Backend::client().await).await
                     });
                 }
             )*

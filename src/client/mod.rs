@@ -1,0 +1,401 @@
+//! [`LockClient`]: many locks over a few sessions.
+//!
+//! An [`AdvisoryLock`](crate::AdvisoryLock) owns a PostgreSQL session, so a process
+//! holds as many locks as it has connections. A `LockClient` holds thousands of locks
+//! over a handful of sessions, its *lanes* (`max_sessions`, 4 by default), and sends the
+//! operations of many tasks in one statement per lane and round trip.
+//!
+//! # How it works
+//!
+//! - **Each [`ClientLock`] is a session of its own, locally.** A second request for a
+//!   key on the same server session would simply be granted again, so the client decides
+//!   conflicts between its own locks itself, with the in-process lock space of
+//!   [`MemoryLocks`](crate::memory::MemoryLocks), which follows PostgreSQL's lock manager
+//!   (stacking per lock, shared with shared, queued writers blocking later readers). Only
+//!   what passes that table goes to the server, which then holds at most one level per
+//!   key and mode for the whole client: locks sharing a key shared share that level.
+//! - **Operations are batched.** A task waiting for an operation drives the lanes: what
+//!   queued up for a lane while its statement was on the wire goes out together in its
+//!   next statement (arrays and `unnest`). The statement belongs to the lane, not to a
+//!   task, so a dropped future costs nothing: its answer is applied when it is read, and
+//!   a grant nobody wants any more is released in the next statement.
+//! - **Waits never block a lane.** A try that fails for a call that may wait moves the
+//!   wait to a session of its own, taken from the pool, holding nothing else. Local
+//!   waiters for one key queue locally behind it; once granted, that session keeps the
+//!   level and serves as an extra lane until it holds nothing, then goes back to the pool
+//!   clean. Dropping a wait ends only that session. (A lock that holds a key in one mode
+//!   and waits for the other tries again every few milliseconds instead: a wait on the
+//!   key's lane would stall the other locks there.)
+//! - **Loss is detected per lane.** `lost()` futures share one liveness check per lane
+//!   and [`lost_check_interval`](LockOptions::lost_check_interval) (any statement the lane
+//!   answers counts); never a `pg_locks` scan. A lane whose session dies takes its levels
+//!   with it: every lock that held one reports [`Error::LockLost`] under the rules of
+//!   [`DistributedLock`](crate::DistributedLock); other lanes are untouched, and the lane
+//!   opens a new session on demand.
+//! - **Background work.** The library depends on no runtime, so the client's housekeeping
+//!   is a future the application spawns: [`LockClient::driver`]. With it running, the
+//!   levels of a dropped lock are released within a round trip and idle lanes go back to
+//!   the pool after [`ClientOptions::idle_timeout`]. Without it everything still works:
+//!   awaited operations drive their lanes themselves, and a dropped lock's levels go out
+//!   with the next operation on their lane.
+//!
+//! Lanes are sessions like an `AdvisoryLock`'s: bounded statements, session set-up,
+//! pooling-proxy detection and the standby refusal hold for them too. One deviation from
+//! separate PostgreSQL sessions: a shared request by a lock of the client is granted
+//! without a round trip while another lock of the same client holds the key shared, even
+//! if a session elsewhere waits for it exclusively (the server sees one holder).
+
+mod lock;
+mod set;
+mod table;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+
+use crate::memory::MemoryLocks;
+use crate::{DistributedLock, LockKey, LockMode, LockOptions, LockProvider, Result, timer};
+
+pub use lock::ClientLock;
+pub use set::LockSet;
+
+use table::{OpId, Shared, Table, Wakers, lock};
+
+/// Settings of a [`LockClient`], built with chained setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use pglock::{ClientOptions, LockOptions};
+///
+/// let options = ClientOptions::new()
+///     .max_sessions(8)
+///     .lock_options(LockOptions::new().application_name("billing"))
+///     .idle_timeout(Duration::from_secs(5));
+/// assert_eq!(options.get_max_sessions(), 8);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    max_sessions: usize,
+    lock_options: LockOptions,
+    idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_sessions: 4,
+            lock_options: LockOptions::default(),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults: 4 lanes, [`LockOptions::default`], lanes back to the pool after 1 s
+    /// idle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many sessions (lanes) hold the client's locks; at least 1. Waits use sessions
+    /// of their own on top, one per key being waited for.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Session settings and bounds for the lanes and waiting sessions (see
+    /// [`LockOptions`]).
+    pub fn lock_options(mut self, options: LockOptions) -> Self {
+        self.lock_options = options;
+        self
+    }
+
+    /// How long a lane that holds nothing stays open before the driver gives its session
+    /// back to the pool.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// The configured number of lanes.
+    pub fn get_max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// The configured lock options.
+    pub fn get_lock_options(&self) -> &LockOptions {
+        &self.lock_options
+    }
+
+    /// The configured idle timeout.
+    pub fn get_idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+/// Many locks over a few PostgreSQL sessions; see the [module docs](self).
+///
+/// Cheap to clone: clones share the sessions and the locks' record.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
+/// let client = pglock::LockClient::new(&pool);
+/// tokio::spawn(client.driver()); // releases dropped locks, gives idle sessions back
+///
+/// let mut invoice = client.lock(pglock::hash("invoice-42"));
+/// if invoice.try_lock().await? {
+///     // ... the work ...
+///     invoice.unlock().await?;
+/// }
+/// if let Some(set) = client.try_lock_all([1_i64, 2, 3]).await? {
+///     // all three keys, taken in one round trip
+///     set.release().await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LockClient {
+    inner: Arc<Inner>,
+}
+
+/// What a client and all its locks share.
+pub(crate) struct Inner {
+    shared: Shared,
+    table: std::sync::Mutex<Table>,
+    wakers: Arc<Wakers>,
+    idle_timeout: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The driver holds only a weak reference: let it see that the client is gone.
+        self.wakers.wake_all();
+    }
+}
+
+impl LockClient {
+    /// A client taking its sessions from `pool`, with the default [`ClientOptions`]. No
+    /// session is taken until a lock needs one.
+    pub fn new(pool: &PgPool) -> LockClient {
+        Self::with_options(pool, ClientOptions::default())
+    }
+
+    /// A client with `options`.
+    pub fn with_options(pool: &PgPool, options: ClientOptions) -> LockClient {
+        LockClient {
+            inner: Arc::new(Inner {
+                shared: Shared {
+                    pool: pool.clone(),
+                    options: options.lock_options,
+                    local: MemoryLocks::new(),
+                },
+                table: std::sync::Mutex::new(Table::new(options.max_sessions)),
+                wakers: Arc::new(Wakers::default()),
+                idle_timeout: options.idle_timeout,
+            }),
+        }
+    }
+
+    /// A lock on `key`: a session of its own, as far as the client's other locks are
+    /// concerned. No I/O: it takes effect with its first acquisition.
+    pub fn lock(&self, key: impl Into<LockKey>) -> ClientLock {
+        ClientLock::new(Arc::clone(&self.inner), key.into())
+    }
+
+    /// Every key exclusively, or none, in one round trip: `None` (and nothing held
+    /// anywhere) if any key is taken, by another session or another lock of this client.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives back whatever it took (at once, or with the statement's
+    /// answer).
+    pub async fn try_lock_all<I, K>(&self, keys: I) -> Result<Option<LockSet>>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<LockKey>,
+    {
+        set::acquire_all(&self.inner, keys, LockMode::Exclusive, None).await
+    }
+
+    /// [`try_lock_all`](Self::try_lock_all), shared.
+    pub async fn try_lock_all_shared<I, K>(&self, keys: I) -> Result<Option<LockSet>>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<LockKey>,
+    {
+        set::acquire_all(&self.inner, keys, LockMode::Shared, None).await
+    }
+
+    /// Waits at most `timeout` for every key exclusively, or takes none. First one
+    /// all-or-nothing try; then the keys are waited for in sorted order on a session that
+    /// holds nothing else, so that callers doing the same never deadlock. `None` when the
+    /// time runs out, and nothing is held anywhere.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future ends the waiting session and gives back whatever it took.
+    pub async fn try_lock_all_for<I, K>(
+        &self,
+        keys: I,
+        timeout: Duration,
+    ) -> Result<Option<LockSet>>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<LockKey>,
+    {
+        set::acquire_all(&self.inner, keys, LockMode::Exclusive, Some(timeout)).await
+    }
+
+    /// [`try_lock_all_for`](Self::try_lock_all_for), shared.
+    pub async fn try_lock_all_shared_for<I, K>(
+        &self,
+        keys: I,
+        timeout: Duration,
+    ) -> Result<Option<LockSet>>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<LockKey>,
+    {
+        set::acquire_all(&self.inner, keys, LockMode::Shared, Some(timeout)).await
+    }
+
+    /// How many of this client's locks hold `key`, in any mode (its own record: the server
+    /// sees one session per lane).
+    pub fn holders(&self, key: impl Into<LockKey>) -> usize {
+        self.inner.shared.local.holders(key.into())
+    }
+
+    /// How many of this client's locks wait for `key` behind another of its locks.
+    pub fn waiters(&self, key: impl Into<LockKey>) -> usize {
+        self.inner.shared.local.waiters(key.into())
+    }
+
+    /// Checks every session the client holds now, in one round trip (the lanes at once):
+    /// a lane found gone reports its levels lost to every lock that held one, as their
+    /// next operation or `lost()` would find it. `Ok` once every lane has answered or
+    /// been found gone.
+    pub async fn check_sessions(&self) -> Result<()> {
+        let ops = lock(&self.inner.table).check_lanes();
+        for op in ops {
+            // A lane found gone is the answer, not an error of the check.
+            let _ = self.inner.complete(op).await;
+        }
+        Ok(())
+    }
+
+    /// How many server sessions the client holds right now: its open lanes and its
+    /// waiting sessions.
+    pub fn sessions(&self) -> usize {
+        lock(&self.inner.table).sessions()
+    }
+
+    /// The client's background work, as a future for the application to spawn (as
+    /// tokio-postgres does with its `Connection`): it sends the releases of dropped locks
+    /// at once and gives idle lanes back to the pool. It ends when the client and every
+    /// lock and set it made are dropped.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let client = pglock::LockClient::new(&pool);
+    /// tokio::spawn(client.driver());
+    /// # }
+    /// ```
+    pub fn driver(&self) -> impl Future<Output = ()> + Send + 'static {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let mut retirement: Option<Pin<Box<timer::Sleep>>> = None;
+        std::future::poll_fn(move |cx| {
+            let Some(inner) = weak.upgrade() else {
+                return Poll::Ready(());
+            };
+            inner.wakers.register(cx.waker());
+            let next = {
+                let mut table = lock(&inner.table);
+                inner.drive(&mut table);
+                table.retire_idle(inner.idle_timeout);
+                inner.drive(&mut table);
+                table.next_retirement(inner.idle_timeout)
+            };
+            // A timer that wakes this task when a lane may be given back.
+            if retirement.as_ref().map(|sleep| sleep.deadline()) != next {
+                retirement = next.map(|at| Box::pin(timer::sleep_until(at)));
+            }
+            if let Some(sleep) = retirement.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                retirement = None;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Inner {
+    fn waker(&self) -> Waker {
+        Waker::from(Arc::clone(&self.wakers))
+    }
+
+    fn drive(&self, table: &mut Table) {
+        table.drive(&self.shared, &self.waker());
+    }
+
+    /// Waits for the answer of `op`, driving the lanes meanwhile. Dropping the future
+    /// leaves the operation to the lane.
+    async fn complete(&self, op: OpId) -> Result<bool> {
+        let mut guard = Pending {
+            inner: self,
+            op,
+            done: false,
+        };
+        std::future::poll_fn(|cx| {
+            guard.inner.wakers.register(cx.waker());
+            let mut table = lock(&guard.inner.table);
+            guard.inner.drive(&mut table);
+            match table.take(guard.op) {
+                Some(outcome) => {
+                    guard.done = true;
+                    Poll::Ready(outcome)
+                }
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// An operation some task waits for; if the task goes, the lane applies the answer
+/// without it.
+struct Pending<'a> {
+    inner: &'a Inner,
+    op: OpId,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.inner.table).abandon(self.op);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LockProvider for LockClient {
+    async fn new_lock(&self, key: LockKey) -> Result<Box<dyn DistributedLock>> {
+        Ok(Box::new(self.lock(key)))
+    }
+}
+
+impl std::fmt::Debug for LockClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockClient")
+            .field("sessions", &self.sessions())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,1136 @@
+//! The client's shared state: which keys it holds on the server and where, and the
+//! lanes that carry its statements, with their batching.
+//!
+//! Everything here lives under one mutex. A task waiting for an operation *drives* the
+//! lanes while it waits: it polls the statement in flight, applies its answer, and sends
+//! what queued up meanwhile as the lane's next statement ([`sql::LANE_BATCH`]). The
+//! statement's future belongs to the lane, not to the task, so a task that gives up
+//! costs nothing: whoever polls next reads the answer, and a grant nobody wants any more
+//! is released in the next statement. Every task registered in [`Wakers`] is woken when
+//! a lane makes progress.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgPool, Postgres};
+
+use crate::memory::MemoryLocks;
+use crate::session::{self, Effect, Session};
+use crate::sql::{self, add};
+use crate::{Error, LockKey, LockMode, LockOptions, Result};
+
+/// A lane's session: a pool connection the client owns, shared by many locks.
+pub(super) type LaneSession = Session<PoolConnection<Postgres>>;
+
+/// The id of an operation a lane carries.
+pub(super) type OpId = u64;
+
+/// An index into [`Table::lanes`].
+pub(super) type LaneId = usize;
+
+/// What one operation on a lane does.
+#[derive(Debug, Clone)]
+pub(super) enum OpKind {
+    /// `pg_try_advisory_lock*`: one level of the mode, if free now.
+    Try(LockMode),
+    /// `pg_advisory_unlock*`: the lane's one level of the mode.
+    Unlock(LockMode),
+    /// Whether the lane's session is alive (any statement that is answered says so).
+    Alive,
+    /// Every key or none ([`sql::TRY_LOCK_ALL`]): a statement of its own.
+    TryAll { keys: Vec<LockKey>, shared: bool },
+}
+
+struct Op {
+    kind: OpKind,
+    key: LockKey,
+    lane: LaneId,
+    /// `Some` once answered, until the task that asked collects it.
+    outcome: Option<Result<bool>>,
+    /// The task that asked is gone: apply the outcome, then forget the operation.
+    abandoned: bool,
+}
+
+/// Where a key's server levels of one mode stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// Not held for this client.
+    Free,
+    /// A try is on its way (joined by every local lock that shares the outcome).
+    Acquiring(OpId),
+    /// Held on the key's lane: one level, however many local locks share it.
+    Held,
+    /// An unlock is on its way; `then`, a try queued behind it on the same lane.
+    Releasing { unlock: OpId, then: Option<OpId> },
+    /// A local lock waits for the mode on a session of its own; `op` answers the locks
+    /// that share its outcome.
+    Waiting(OpId),
+}
+
+/// One mode of one key: how many of the client's locks hold it, and the server's level.
+#[derive(Debug, Clone, Copy)]
+struct ModeBacking {
+    holders: u32,
+    server: Server,
+}
+
+/// A key the client holds (or is taking, or giving back) on the server.
+struct Backing {
+    lane: LaneId,
+    modes: [ModeBacking; 2],
+}
+
+impl Backing {
+    fn new(lane: LaneId) -> Backing {
+        let free = ModeBacking {
+            holders: 0,
+            server: Server::Free,
+        };
+        Backing {
+            lane,
+            modes: [free, free],
+        }
+    }
+
+    fn mode(&mut self, mode: LockMode) -> &mut ModeBacking {
+        &mut self.modes[index(mode)]
+    }
+
+    fn is_free(&self) -> bool {
+        self.modes
+            .iter()
+            .all(|m| m.holders == 0 && m.server == Server::Free)
+    }
+}
+
+fn index(mode: LockMode) -> usize {
+    match mode {
+        LockMode::Exclusive => 0,
+        LockMode::Shared => 1,
+    }
+}
+
+/// The statement a lane has on the wire, owning the lane's session while it runs.
+type LaneFuture = Pin<Box<dyn Future<Output = Landed> + Send>>;
+
+/// What a lane's statement brings back: the session (if it is still usable), the
+/// answer of each operation sent, in order, and after a statement that failed on a live
+/// session, the levels the session holds now.
+struct Landed {
+    session: Option<LaneSession>,
+    answers: Result<Vec<Result<bool>>>,
+    holdings: Option<Vec<(LockKey, LockMode)>>,
+}
+
+enum Io {
+    /// No session yet, or it was lost or given back: opened again on demand.
+    Closed,
+    Idle(Box<LaneSession>),
+    Busy(LaneFuture),
+}
+
+/// A session shared by many locks, and the operations queued for it.
+struct Lane {
+    io: Io,
+    queue: VecDeque<OpId>,
+    sent: Vec<OpId>,
+    /// A waiting session whose wait was granted: given back to the pool once it holds
+    /// nothing.
+    extra: bool,
+    /// Server levels held on this lane, one per key and mode.
+    levels: usize,
+    /// When the session last answered (a liveness check or any other statement).
+    last_answer: Option<Instant>,
+    last_busy: Instant,
+}
+
+impl Lane {
+    fn new(extra: bool) -> Lane {
+        Lane {
+            io: Io::Closed,
+            queue: VecDeque::new(),
+            sent: Vec::new(),
+            extra,
+            levels: 0,
+            last_answer: None,
+            last_busy: Instant::now(),
+        }
+    }
+
+    fn has_session(&self) -> bool {
+        !matches!(self.io, Io::Closed)
+    }
+}
+
+/// Every task that waits for a lane; all are woken when any lane makes progress.
+#[derive(Default)]
+pub(super) struct Wakers {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Wakers {
+    pub(super) fn register(&self, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    pub(super) fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
+    }
+}
+
+/// A poisoned mutex only means a task panicked mid-update; the counts are still the best
+/// record there is, and releasing locks matters more.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a lock whose try was refused does next.
+pub(super) enum WaitStart {
+    /// The level is held for the client now: share it.
+    Shared,
+    /// Another try or wait for it is on its way: share its outcome.
+    Join(OpId),
+    /// Wait on a session of its own, answering `op` for those that join.
+    Start(OpId),
+}
+
+/// What a local lock's request for a server level comes to.
+pub(super) enum Backed {
+    /// The client holds the mode already: shared, no round trip.
+    Shared,
+    /// Wait for this operation's answer.
+    Pending(OpId),
+}
+
+/// The client's record of the server, and its lanes.
+pub(super) struct Table {
+    keys: HashMap<LockKey, Backing>,
+    lanes: Vec<Lane>,
+    ops: HashMap<OpId, Op>,
+    next_op: OpId,
+    fixed: usize,
+    /// Waiting sessions (taken from the pool for a wait) right now.
+    pub(super) waiting: usize,
+}
+
+impl Table {
+    pub(super) fn new(fixed: usize) -> Table {
+        Table {
+            keys: HashMap::new(),
+            lanes: (0..fixed).map(|_| Lane::new(false)).collect(),
+            ops: HashMap::new(),
+            next_op: 0,
+            fixed,
+            waiting: 0,
+        }
+    }
+
+    /// How many server sessions the client holds: lanes with a session, and waits.
+    pub(super) fn sessions(&self) -> usize {
+        self.lanes.iter().filter(|l| l.has_session()).count() + self.waiting
+    }
+
+    /// The lane a key's levels live on, or the one a new key goes to (by its hash, so
+    /// that keys spread over the lanes).
+    fn lane_for(&self, key: LockKey) -> LaneId {
+        match self.keys.get(&key) {
+            Some(backing) => backing.lane,
+            None => {
+                let hash = match key {
+                    LockKey::BigInt(k) => k as u64,
+                    LockKey::IntPair(a, b) => ((a as u64) << 32) ^ (b as u32 as u64),
+                };
+                (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.fixed
+            }
+        }
+    }
+
+    /// Whether the client holds `mode` of `key` on the server through another lock's
+    /// level, in the other mode on some lane, or is taking or giving it back.
+    pub(super) fn holds_other_mode(&self, key: LockKey, mode: LockMode) -> bool {
+        let other = match mode {
+            LockMode::Exclusive => LockMode::Shared,
+            LockMode::Shared => LockMode::Exclusive,
+        };
+        self.keys
+            .get(&key)
+            .is_some_and(|b| b.modes[index(other)].server != Server::Free)
+    }
+
+    fn push(&mut self, kind: OpKind, key: LockKey, lane: LaneId) -> OpId {
+        self.next_op += 1;
+        let id = self.next_op;
+        self.ops.insert(
+            id,
+            Op {
+                kind,
+                key,
+                lane,
+                outcome: None,
+                abandoned: false,
+            },
+        );
+        self.lanes[lane].queue.push_back(id);
+        id
+    }
+
+    /// A local lock that now holds `mode` of `key` locally asks for the server level: it
+    /// shares the client's level, joins a try (or a wait) on its way, or sends a try.
+    pub(super) fn back(&mut self, key: LockKey, mode: LockMode) -> Backed {
+        let lane = self.lane_for(key);
+        let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
+        let m = backing.mode(mode);
+        m.holders += 1;
+        match m.server {
+            Server::Held => Backed::Shared,
+            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(op),
+            Server::Releasing { then: Some(op), .. } => Backed::Pending(op),
+            Server::Releasing { unlock, then: None } => {
+                // Behind the release on the same lane: the server sees them in order.
+                let op = self.push(OpKind::Try(mode), key, lane);
+                self.set(
+                    key,
+                    mode,
+                    Server::Releasing {
+                        unlock,
+                        then: Some(op),
+                    },
+                );
+                Backed::Pending(op)
+            }
+            Server::Free => {
+                let op = self.push(OpKind::Try(mode), key, lane);
+                self.set(key, mode, Server::Acquiring(op));
+                Backed::Pending(op)
+            }
+        }
+    }
+
+    fn set(&mut self, key: LockKey, mode: LockMode, server: Server) {
+        if let Some(backing) = self.keys.get_mut(&key) {
+            backing.mode(mode).server = server;
+        }
+    }
+
+    /// A local lock whose try was refused will wait for `mode` of `key` on a session of
+    /// its own: `Start` it (the locks that join meanwhile share its outcome), unless
+    /// another try or wait is already on its way (`Join` it) or the level is held now.
+    pub(super) fn wait_begin(&mut self, key: LockKey, mode: LockMode) -> WaitStart {
+        let lane = self.lane_for(key);
+        let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
+        match backing.mode(mode).server {
+            Server::Held => WaitStart::Shared,
+            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(op),
+            Server::Releasing { then: Some(op), .. } => WaitStart::Join(op),
+            Server::Releasing { then: None, .. } | Server::Free => {
+                self.next_op += 1;
+                let op = self.next_op;
+                self.ops.insert(
+                    op,
+                    Op {
+                        kind: OpKind::Alive,
+                        key,
+                        lane,
+                        outcome: None,
+                        abandoned: false,
+                    },
+                );
+                self.set(key, mode, Server::Waiting(op));
+                WaitStart::Start(op)
+            }
+        }
+    }
+
+    /// The wait `op` ended: granted on `session` (which becomes an extra lane for the
+    /// key), or not. The locks that joined it get `Ok(true)`, or `Ok(false)` to try on
+    /// their own.
+    pub(super) fn wait_end(
+        &mut self,
+        key: LockKey,
+        mode: LockMode,
+        op: OpId,
+        session: Option<LaneSession>,
+    ) {
+        let waiting = self
+            .keys
+            .get(&key)
+            .is_some_and(|b| b.modes[index(mode)].server == Server::Waiting(op));
+        let granted = session.is_some();
+        match (waiting, session) {
+            (true, Some(session)) => self.adopt(key, mode, session),
+            (true, None) => {
+                self.set(key, mode, Server::Free);
+                self.forget_if_free(key);
+            }
+            // Nobody was waiting for it any more: give the session back as it is.
+            (false, Some(session)) => drop(session),
+            (false, None) => {}
+        }
+        match self.ops.get_mut(&op) {
+            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(_) => {
+                self.ops.remove(&op);
+            }
+            None => {}
+        }
+    }
+
+    /// A local lock gives up its share of `mode` of `key` (an unlock of its last level, or
+    /// a request whose try failed). The last one out releases the server level: returns
+    /// that operation, to wait for if the caller wants to.
+    pub(super) fn unback(&mut self, key: LockKey, mode: LockMode) -> Option<OpId> {
+        let lane = self.keys.get(&key)?.lane;
+        let backing = self.keys.get_mut(&key)?;
+        let m = backing.mode(mode);
+        m.holders = m.holders.saturating_sub(1);
+        if m.holders > 0 || m.server != Server::Held {
+            self.forget_if_free(key);
+            return None;
+        }
+        let op = self.push(OpKind::Unlock(mode), key, lane);
+        self.set(
+            key,
+            mode,
+            Server::Releasing {
+                unlock: op,
+                then: None,
+            },
+        );
+        Some(op)
+    }
+
+    /// Records the levels a granted waiting session holds (one of `mode` on each of
+    /// `keys`), and makes the session an extra lane for them. The waiting locks are
+    /// already counted as holders.
+    fn adopt_all(&mut self, keys: &[LockKey], mode: LockMode, session: LaneSession) {
+        let mut lane = Lane::new(true);
+        lane.io = Io::Idle(Box::new(session));
+        lane.levels = keys.len();
+        lane.last_answer = Some(Instant::now());
+        let reusable = (self.fixed..self.lanes.len()).find(|&id| {
+            let l = &self.lanes[id];
+            !l.has_session() && l.queue.is_empty() && l.sent.is_empty()
+        });
+        let id = match reusable {
+            Some(id) => {
+                self.lanes[id] = lane;
+                id
+            }
+            None => {
+                self.lanes.push(lane);
+                self.lanes.len() - 1
+            }
+        };
+        for key in keys {
+            let backing = self.keys.entry(*key).or_insert_with(|| Backing::new(id));
+            backing.lane = id;
+            backing.mode(mode).server = Server::Held;
+        }
+    }
+
+    fn adopt(&mut self, key: LockKey, mode: LockMode, session: LaneSession) {
+        self.adopt_all(&[key], mode, session);
+    }
+
+    /// An all-or-nothing wait on a session of its own: marks `keys` as waited for, so
+    /// that local locks wanting the same mode join its outcome. `None` if one of them is
+    /// on its way somewhere already.
+    pub(super) fn wait_all_begin(&mut self, keys: &[LockKey], mode: LockMode) -> Option<OpId> {
+        if !keys.iter().all(|key| {
+            self.keys
+                .get(key)
+                .is_none_or(|b| b.modes[index(mode)].server == Server::Free)
+        }) {
+            return None;
+        }
+        self.next_op += 1;
+        let op = self.next_op;
+        let lane = self.fixed; // not on a lane's queue; the number is never used
+        self.ops.insert(
+            op,
+            Op {
+                kind: OpKind::Alive,
+                key: keys.first().copied().unwrap_or(LockKey::BigInt(0)),
+                lane: lane.min(self.lanes.len().saturating_sub(1)),
+                outcome: None,
+                abandoned: false,
+            },
+        );
+        for key in keys {
+            let lane = self.lane_for(*key);
+            let backing = self.keys.entry(*key).or_insert_with(|| Backing::new(lane));
+            backing.mode(mode).server = Server::Waiting(op);
+        }
+        Some(op)
+    }
+
+    /// The all-or-nothing wait `op` ended, granted on `session` or not.
+    pub(super) fn wait_all_end(
+        &mut self,
+        keys: &[LockKey],
+        mode: LockMode,
+        op: OpId,
+        session: Option<LaneSession>,
+    ) {
+        let granted = session.is_some();
+        match session {
+            Some(session) => self.adopt_all(keys, mode, session),
+            None => {
+                for key in keys {
+                    if self
+                        .keys
+                        .get(key)
+                        .is_some_and(|b| b.modes[index(mode)].server == Server::Waiting(op))
+                    {
+                        self.set(*key, mode, Server::Free);
+                        self.forget_if_free(*key);
+                    }
+                }
+            }
+        }
+        match self.ops.get_mut(&op) {
+            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(_) => {
+                self.ops.remove(&op);
+            }
+            None => {}
+        }
+    }
+
+    /// Queues a liveness check on `key`'s lane unless the lane answered within
+    /// `interval`: `None` then (it is alive), or the check to wait for. One check per
+    /// lane and interval, shared by every `lost()` on it.
+    pub(super) fn check_alive(&mut self, key: LockKey, interval: Duration) -> Option<OpId> {
+        let lane = self.keys.get(&key)?.lane;
+        if self.lanes[lane]
+            .last_answer
+            .is_some_and(|at| at.elapsed() < interval)
+        {
+            return None;
+        }
+        let pending = self.lanes[lane]
+            .queue
+            .iter()
+            .chain(&self.lanes[lane].sent)
+            .find(|id| matches!(self.ops.get(id), Some(op) if matches!(op.kind, OpKind::Alive)))
+            .copied();
+        Some(pending.unwrap_or_else(|| self.push(OpKind::Alive, key, lane)))
+    }
+
+    /// Queues a liveness check on every lane that has a session.
+    pub(super) fn check_lanes(&mut self) -> Vec<OpId> {
+        let lanes: Vec<(LaneId, LockKey)> = (0..self.lanes.len())
+            .filter(|&lane| self.lanes[lane].has_session())
+            .map(|lane| {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|(_, b)| b.lane == lane)
+                    .map_or(LockKey::BigInt(0), |(key, _)| *key);
+                (lane, key)
+            })
+            .collect();
+        lanes
+            .into_iter()
+            .map(|(lane, key)| self.push(OpKind::Alive, key, lane))
+            .collect()
+    }
+
+    /// Queues an all-or-nothing try of `keys` (none held by the client on the server),
+    /// on one lane.
+    pub(super) fn try_all(&mut self, keys: Vec<LockKey>, shared: bool) -> OpId {
+        let first = keys.first().copied().unwrap_or(LockKey::BigInt(0));
+        let lane = self.lane_for(first);
+        let mode = mode_of(shared);
+        for key in &keys {
+            let backing = self.keys.entry(*key).or_insert_with(|| Backing::new(lane));
+            backing.lane = lane;
+            backing.mode(mode).holders += 1;
+        }
+        let op = self.push(
+            OpKind::TryAll {
+                keys: keys.clone(),
+                shared,
+            },
+            first,
+            lane,
+        );
+        for key in keys {
+            self.set(key, mode, Server::Acquiring(op));
+        }
+        op
+    }
+
+    /// Whether every key is free of the client's server levels in any transition, so
+    /// that an all-or-nothing try may go to one lane for all of them.
+    pub(super) fn all_settled(&self, keys: &[LockKey]) -> bool {
+        keys.iter().all(|key| {
+            self.keys.get(key).is_none_or(|b| {
+                b.modes
+                    .iter()
+                    .all(|m| matches!(m.server, Server::Free | Server::Held))
+            })
+        })
+    }
+
+    /// A lock that still counts as a holder of `mode` of `key` (its try was refused)
+    /// tries again: like [`back`](Self::back), without counting it twice.
+    pub(super) fn retry(&mut self, key: LockKey, mode: LockMode) -> Backed {
+        if let Some(backing) = self.keys.get_mut(&key) {
+            let m = backing.mode(mode);
+            m.holders = m.holders.saturating_sub(1);
+        }
+        self.back(key, mode)
+    }
+
+    /// Ends the lane of `key` (its liveness check went unanswered too long): its levels
+    /// are lost for every lock on it.
+    pub(super) fn abort_lane(&mut self, key: LockKey, shared: &Shared) {
+        let Some(lane) = self.keys.get(&key).map(|b| b.lane) else {
+            return;
+        };
+        let sent = std::mem::take(&mut self.lanes[lane].sent);
+        self.lanes[lane].io = Io::Closed; // drops the statement: its session is discarded
+        let err = Error::Unresponsive {
+            key,
+            after: shared.options.get_check_timeout(),
+        };
+        for id in sent {
+            let key = self.ops.get(&id).map_or(key, |op| op.key);
+            self.settle(id, Err(copy_error(&err, key)));
+        }
+        self.lose_lane(lane, shared, &err);
+    }
+
+    /// Counts one more holder of the client's level of `mode` of `key` (held already).
+    pub(super) fn share(&mut self, key: LockKey, mode: LockMode) {
+        if let Some(backing) = self.keys.get_mut(&key) {
+            backing.mode(mode).holders += 1;
+        }
+    }
+
+    /// Whether the client holds `mode` of `key` on the server (another lock's share).
+    pub(super) fn held_on_server(&self, key: LockKey, mode: LockMode) -> bool {
+        self.keys
+            .get(&key)
+            .is_some_and(|b| b.modes[index(mode)].server == Server::Held)
+    }
+
+    /// Takes the answer of `op`, once there is one.
+    pub(super) fn take(&mut self, op: OpId) -> Option<Result<bool>> {
+        let outcome = self.ops.get_mut(&op)?.outcome.take()?;
+        self.ops.remove(&op);
+        Some(outcome)
+    }
+
+    /// The task that waited for `op` is gone: its answer, when it comes, is applied
+    /// without it.
+    pub(super) fn abandon(&mut self, op: OpId) {
+        if let Some(entry) = self.ops.get_mut(&op) {
+            match entry.outcome {
+                Some(_) => {
+                    self.ops.remove(&op);
+                }
+                None => entry.abandoned = true,
+            }
+        }
+    }
+
+    /// Moves every lane forward as far as it goes now: answers applied, queued
+    /// operations sent, sessions opened. `waker` wakes every waiting task.
+    pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        for lane in 0..self.lanes.len() {
+            loop {
+                let queued = !self.lanes[lane].queue.is_empty();
+                match &mut self.lanes[lane].io {
+                    Io::Busy(future) => match future.as_mut().poll(&mut cx) {
+                        Poll::Ready(landed) => self.land(lane, landed, shared),
+                        Poll::Pending => break,
+                    },
+                    Io::Idle(_) if queued => self.send(lane),
+                    Io::Closed if queued => self.open(lane, shared),
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Opens a lane's session: a pool connection, set up by its first statement.
+    fn open(&mut self, lane: LaneId, shared: &Shared) {
+        let pool = shared.pool.clone();
+        let options = shared.options.clone();
+        let key = self.lanes[lane]
+            .queue
+            .front()
+            .and_then(|id| self.ops.get(id))
+            .map_or(LockKey::BigInt(0), |op| op.key);
+        self.lanes[lane].io = Io::Busy(Box::pin(async move {
+            let opened: Result<LaneSession> = async {
+                let conn = pool.acquire().await?;
+                let mut session = Session::new(conn);
+                session.set_options(options);
+                session.first(key, None).await?;
+                Ok(session)
+            }
+            .await;
+            match opened {
+                Ok(session) => Landed {
+                    session: Some(session),
+                    answers: Ok(Vec::new()),
+                    holdings: None,
+                },
+                Err(err) => Landed {
+                    session: None,
+                    answers: Err(err),
+                    holdings: None,
+                },
+            }
+        }));
+    }
+
+    /// Sends what queued up on an idle lane as one statement: batchable operations on
+    /// distinct keys together, an all-or-nothing try on its own.
+    fn send(&mut self, lane: LaneId) {
+        let Io::Idle(session) = std::mem::replace(&mut self.lanes[lane].io, Io::Closed) else {
+            return;
+        };
+        let mut session = *session;
+        let mut batch: Vec<(OpKind, LockKey)> = Vec::new();
+        let mut sent: Vec<OpId> = Vec::new();
+        let queue = &mut self.lanes[lane].queue;
+        while let Some(&id) = queue.front() {
+            let Some(op) = self.ops.get(&id) else {
+                queue.pop_front();
+                continue;
+            };
+            let alone = matches!(op.kind, OpKind::TryAll { .. });
+            let repeats_key =
+                batch.iter().any(|(_, key)| *key == op.key) && !matches!(op.kind, OpKind::Alive);
+            if (alone && !batch.is_empty()) || repeats_key {
+                break;
+            }
+            queue.pop_front();
+            batch.push((op.kind.clone(), op.key));
+            sent.push(id);
+            if alone {
+                break;
+            }
+        }
+        // Releases first: in a statement that fails part-way (a full lock table), they
+        // are the ones most likely done, and they make room for the tries.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| !matches!(batch[i].0, OpKind::Unlock(_)));
+        let batch: Vec<(OpKind, LockKey)> = order.iter().map(|&i| batch[i].clone()).collect();
+        self.lanes[lane].sent = order.iter().map(|&i| sent[i]).collect();
+        self.lanes[lane].last_busy = Instant::now();
+        self.lanes[lane].io = Io::Busy(Box::pin(async move {
+            let key = batch.first().map_or(LockKey::BigInt(0), |(_, key)| *key);
+            let answers = run(&mut session, &batch).await;
+            // A statement refused on a live session may have taken or released levels
+            // before it failed: read what the session holds, to mend the record.
+            let holdings = match (&answers, session.is_ready()) {
+                (Err(_), true) => session.holdings(key).await.ok(),
+                _ => None,
+            };
+            let usable = session.is_ready() && (answers.is_ok() || holdings.is_some());
+            Landed {
+                session: usable.then_some(session),
+                answers,
+                holdings,
+            }
+        }));
+    }
+
+    /// Applies a lane's answer: outcomes to their operations, server levels to the
+    /// record; a session that is gone takes every level on it with it.
+    fn land(&mut self, lane: LaneId, landed: Landed, shared: &Shared) {
+        let sent = std::mem::take(&mut self.lanes[lane].sent);
+        let Landed {
+            session,
+            answers,
+            holdings,
+        } = landed;
+        let session_lost = session.is_none();
+        self.lanes[lane].io = match session {
+            Some(session) => Io::Idle(Box::new(session)),
+            None => Io::Closed,
+        };
+        self.lanes[lane].last_busy = Instant::now();
+        match (answers, holdings) {
+            (Ok(answers), _) => {
+                self.lanes[lane].last_answer = Some(Instant::now());
+                for (id, answer) in sent.into_iter().zip(answers) {
+                    self.settle(id, answer);
+                }
+            }
+            (Err(err), Some(holdings)) if !session_lost => {
+                self.lanes[lane].last_answer = Some(Instant::now());
+                for id in sent {
+                    self.mend(id, &err, &holdings);
+                }
+            }
+            (Err(err), _) => {
+                self.lanes[lane].io = Io::Closed;
+                for id in sent {
+                    let Some(op) = self.ops.get(&id) else {
+                        continue;
+                    };
+                    // An operation on a key whose levels the lane held: they are lost.
+                    let answer = match self.keys.get(&op.key) {
+                        Some(backing) if backing.lane == lane => Error::LockLost { key: op.key },
+                        _ => copy_error(&err, op.key),
+                    };
+                    self.settle(id, Err(answer));
+                }
+                self.lose_lane(lane, shared, &err);
+            }
+        }
+        if self.lanes[lane].extra
+            && self.lanes[lane].levels == 0
+            && self.lanes[lane].queue.is_empty()
+        {
+            self.retire(lane);
+        }
+    }
+
+    /// Applies one operation's answer.
+    fn settle(&mut self, id: OpId, answer: Result<bool>) {
+        let Some(op) = self.ops.get(&id) else {
+            return;
+        };
+        let (kind, key, lane, abandoned) = (op.kind.clone(), op.key, op.lane, op.abandoned);
+        match &kind {
+            OpKind::Try(mode) => {
+                let granted = matches!(answer, Ok(true));
+                self.after_try(key, *mode, lane, id, granted);
+            }
+            OpKind::Unlock(mode) => {
+                let released = matches!(answer, Ok(true));
+                if let Some(backing) = self.keys.get_mut(&key)
+                    && let Server::Releasing { unlock, then } = backing.mode(*mode).server
+                    && unlock == id
+                {
+                    self.lanes[lane].levels = self.lanes[lane].levels.saturating_sub(1);
+                    let next = match then {
+                        Some(op) => Server::Acquiring(op),
+                        None => Server::Free,
+                    };
+                    self.set(key, *mode, next);
+                    let _ = released;
+                }
+                self.forget_if_free(key);
+            }
+            OpKind::TryAll { keys, shared } => {
+                let granted = matches!(answer, Ok(true));
+                for key in keys {
+                    self.after_try(*key, mode_of(*shared), lane, id, granted);
+                }
+            }
+            OpKind::Alive => {}
+        }
+        match self.ops.get_mut(&id) {
+            Some(op) if abandoned => {
+                let _ = op;
+                self.ops.remove(&id);
+            }
+            Some(op) => op.outcome = Some(answer),
+            None => {}
+        }
+    }
+
+    /// Applies what a statement that failed part-way did, as the session's holdings show
+    /// it: a try that took its level succeeded, the others failed with the statement's
+    /// error; a release that did not happen is sent again.
+    fn mend(&mut self, id: OpId, err: &Error, holdings: &[(LockKey, LockMode)]) {
+        let Some(op) = self.ops.get(&id) else {
+            return;
+        };
+        let (kind, key, lane) = (op.kind.clone(), op.key, op.lane);
+        let holds = |key: LockKey, mode: LockMode| holdings.contains(&(key, mode));
+        match kind {
+            OpKind::Try(mode) => {
+                let answer = match holds(key, mode) {
+                    true => Ok(true),
+                    false => Err(copy_error(err, key)),
+                };
+                self.settle(id, answer);
+            }
+            OpKind::Unlock(mode) if holds(key, mode) => {
+                self.settle(id, Err(copy_error(err, key)));
+                // Still held, and nobody wants it: release it in the next statement.
+                let unlock = self.push(OpKind::Unlock(mode), key, lane);
+                self.set(key, mode, Server::Releasing { unlock, then: None });
+            }
+            OpKind::Unlock(_) | OpKind::Alive => self.settle(id, Ok(true)),
+            OpKind::TryAll { keys, shared } => {
+                let mode = mode_of(shared);
+                // The levels it took stay held for the set, whose failure gives them back.
+                for key in &keys {
+                    self.after_try(*key, mode, lane, id, holds(*key, mode));
+                }
+                match self.ops.get_mut(&id) {
+                    Some(op) if op.abandoned => {
+                        self.ops.remove(&id);
+                    }
+                    Some(op) => op.outcome = Some(Err(copy_error(err, key))),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// The server's answer to a try of `mode` of `key`: held for every local lock that
+    /// still wants it, or free again. A grant nobody wants any more is released at once.
+    fn after_try(&mut self, key: LockKey, mode: LockMode, lane: LaneId, id: OpId, granted: bool) {
+        let Some(backing) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let m = backing.mode(mode);
+        if m.server != Server::Acquiring(id) {
+            return;
+        }
+        match (granted, m.holders) {
+            (true, 0) => {
+                self.lanes[lane].levels += 1;
+                let op = self.push(OpKind::Unlock(mode), key, lane);
+                self.set(
+                    key,
+                    mode,
+                    Server::Releasing {
+                        unlock: op,
+                        then: None,
+                    },
+                );
+            }
+            (true, _) => {
+                m.server = Server::Held;
+                self.lanes[lane].levels += 1;
+            }
+            (false, _) => {
+                m.server = Server::Free;
+                self.forget_if_free(key);
+            }
+        }
+    }
+
+    fn forget_if_free(&mut self, key: LockKey) {
+        if self.keys.get(&key).is_some_and(Backing::is_free) {
+            self.keys.remove(&key);
+        }
+    }
+
+    /// A lane's session is gone: every level on it is lost, for every local lock that
+    /// held it; operations still queued for it fail.
+    fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
+        let keys: Vec<LockKey> = self
+            .keys
+            .iter()
+            .filter(|(_, b)| b.lane == lane)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &keys {
+            shared.local.lose(*key);
+            self.keys.remove(key);
+        }
+        self.lanes[lane].levels = 0;
+        let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
+        for id in queued {
+            let Some(key) = self.ops.get(&id).map(|op| op.key) else {
+                continue;
+            };
+            let answer = match keys.contains(&key) {
+                true => Error::LockLost { key },
+                false => copy_error(err, key),
+            };
+            self.settle(id, Err(answer));
+        }
+    }
+
+    /// Gives an extra lane's session back to the pool (restoring its settings without
+    /// waiting, as a lock's `close` does).
+    fn retire(&mut self, lane: LaneId) {
+        if let Io::Idle(mut session) = std::mem::replace(&mut self.lanes[lane].io, Io::Closed) {
+            self.lanes[lane].io = Io::Busy(Box::pin(async move {
+                session.close(true).await;
+                Landed {
+                    session: None,
+                    answers: Ok(Vec::new()),
+                    holdings: None,
+                }
+            }));
+        }
+    }
+
+    /// Gives back the sessions of fixed lanes that hold nothing and were idle for
+    /// `idle`: the driver's housekeeping.
+    pub(super) fn retire_idle(&mut self, idle: Duration) {
+        for lane in 0..self.lanes.len() {
+            let l = &self.lanes[lane];
+            if matches!(l.io, Io::Idle(_))
+                && l.levels == 0
+                && l.queue.is_empty()
+                && l.last_busy.elapsed() >= idle
+            {
+                self.retire(lane);
+            }
+        }
+    }
+
+    /// When the next lane becomes idle enough to give back, if any lane is waiting for it.
+    pub(super) fn next_retirement(&self, idle: Duration) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter(|l| matches!(l.io, Io::Idle(_)) && l.levels == 0 && l.queue.is_empty())
+            .map(|l| l.last_busy + idle)
+            .min()
+    }
+}
+
+fn mode_of(shared: bool) -> LockMode {
+    match shared {
+        true => LockMode::Shared,
+        false => LockMode::Exclusive,
+    }
+}
+
+/// What a lane's tasks share: the pool, the options for lane sessions, and the local
+/// lock space whose holders lose their levels with a lane.
+pub(super) struct Shared {
+    pub(super) pool: PgPool,
+    pub(super) options: LockOptions,
+    pub(super) local: MemoryLocks,
+}
+
+/// Runs one statement for a batch on a lane's session; an answer per operation.
+async fn run(session: &mut LaneSession, batch: &[(OpKind, LockKey)]) -> Result<Vec<Result<bool>>> {
+    let key = batch.first().map_or(LockKey::BigInt(0), |(_, key)| *key);
+    if let [(OpKind::TryAll { keys, shared }, _)] = batch {
+        let mut args = pid_args(session, key)?;
+        add(&mut args, *shared)?;
+        add_key_arrays(&mut args, keys)?;
+        let all: bool = session
+            .fetch(key, Effect::Write, sql::TRY_LOCK_ALL, args)
+            .await?;
+        return Ok(vec![Ok(all)]);
+    }
+    let mut args = pid_args(session, key)?;
+    let kinds: Vec<i32> = batch
+        .iter()
+        .map(|(kind, _)| match kind {
+            OpKind::Try(LockMode::Exclusive) => 1,
+            OpKind::Try(LockMode::Shared) => 2,
+            OpKind::Unlock(LockMode::Exclusive) => 3,
+            OpKind::Unlock(LockMode::Shared) => 4,
+            OpKind::Alive | OpKind::TryAll { .. } => 0,
+        })
+        .collect();
+    add(&mut args, kinds)?;
+    let keys: Vec<LockKey> = batch.iter().map(|(_, key)| *key).collect();
+    add_key_arrays(&mut args, &keys)?;
+    let rows: Vec<(i64, Option<bool>)> = session
+        .fetch_numbered(key, Effect::Write, sql::LANE_BATCH, args)
+        .await?;
+    let mut answers: Vec<Result<bool>> = batch.iter().map(|_| Ok(true)).collect();
+    for (number, value) in rows {
+        let Some(slot) = usize::try_from(number - 1)
+            .ok()
+            .and_then(|i| answers.get_mut(i))
+        else {
+            continue;
+        };
+        *slot = match (&batch[(number - 1) as usize].0, value) {
+            (OpKind::Alive, _) => Ok(true),
+            (_, Some(value)) => Ok(value),
+            (_, None) => Err(Error::Database(sqlx::Error::RowNotFound)),
+        };
+    }
+    Ok(answers)
+}
+
+/// A fresh argument list with the lane's server session (`$1`) only.
+fn pid_args(session: &LaneSession, key: LockKey) -> Result<PgArguments> {
+    let pid = session.pid().ok_or(Error::Disconnected { key })?;
+    let mut args = PgArguments::default();
+    add(&mut args, pid)?;
+    Ok(args)
+}
+
+/// Binds keys as the client statements take them: `pair[]`, `k1[]`, `k2[]`.
+pub(super) fn add_key_arrays(args: &mut PgArguments, keys: &[LockKey]) -> Result<()> {
+    let mut pair = Vec::with_capacity(keys.len());
+    let mut k1 = Vec::with_capacity(keys.len());
+    let mut k2 = Vec::with_capacity(keys.len());
+    for key in keys {
+        match *key {
+            LockKey::BigInt(k) => {
+                pair.push(false);
+                k1.push(k);
+                k2.push(0_i32);
+            }
+            LockKey::IntPair(a, b) => {
+                pair.push(true);
+                k1.push(i64::from(a));
+                k2.push(b);
+            }
+        }
+    }
+    add(args, pair)?;
+    add(args, k1)?;
+    add(args, k2)
+}
+
+/// The error of a statement, for one of the operations it carried (`Error` is not
+/// `Clone`: it holds sqlx's): typed errors keep their kind with the operation's key; a
+/// session found gone is `Disconnected`; any other database error keeps its message.
+pub(super) fn copy_error(err: &Error, key: LockKey) -> Error {
+    match err {
+        Error::NotHeld { mode, .. } => Error::NotHeld { key, mode: *mode },
+        Error::Closed => Error::Closed,
+        Error::LockLost { .. } => Error::LockLost { key },
+        Error::Disconnected { .. } => Error::Disconnected { key },
+        Error::Interrupted { .. } => Error::Interrupted { key },
+        Error::Unresponsive { after, .. } => Error::Unresponsive { key, after: *after },
+        Error::StaleToken { token, current, .. } => Error::StaleToken {
+            key,
+            token: *token,
+            current: *current,
+        },
+        Error::SessionNotPinned { first_pid, pid, .. } => Error::SessionNotPinned {
+            key,
+            first_pid: *first_pid,
+            pid: *pid,
+        },
+        Error::StandbyServer { .. } => Error::StandbyServer { key },
+        Error::Deadlock { .. } => Error::Deadlock { key },
+        Error::TooManyLocks { .. } => Error::TooManyLocks { key },
+        Error::Database(db) if session::found_gone(err) => {
+            let _ = db;
+            Error::Disconnected { key }
+        }
+        Error::Database(db) => Error::Database(sqlx::Error::Protocol(format!(
+            "a statement carrying this operation with others failed: {db}"
+        ))),
+    }
+}
