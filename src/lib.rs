@@ -16,6 +16,9 @@
 //!   changes nothing; a lost session is [`Error::LockLost`], never silence.
 //! - **Shared locks and stacking**, as PostgreSQL has them, behind a [`DistributedLock`]
 //!   trait that tests can swap for another implementation.
+//! - **Many locks over a few sessions.** A [`LockClient`] holds thousands of locks over a
+//!   handful of sessions, batches the operations of many tasks per round trip, and takes
+//!   several keys all-or-nothing in one statement.
 //!
 //! ```no_run
 //! use pglock::{AdvisoryLock, LockKey};

@@ -235,6 +235,11 @@ fn quickstart_example_exits_0() {
 }
 
 #[test]
+fn many_locks_example_exits_0() {
+    run_example("many_locks", "released all 1000");
+}
+
+#[test]
 fn swap_in_tests_example_exits_0() {
     run_example("swap_in_tests", "PostgreSQL:");
 }
