@@ -53,7 +53,7 @@
 #![warn(missing_docs)]
 
 mod advisory;
-mod client;
+pub mod client;
 mod error;
 pub mod fencing;
 mod guard;
