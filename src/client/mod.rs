@@ -10,7 +10,7 @@
 //! - **Each [`ClientLock`] is a session of its own, locally.** A second request for a
 //!   key on the same server session would simply be granted again, so the client decides
 //!   conflicts between its own locks itself, with the in-process lock space of
-//!   [`MemoryLocks`](crate::memory::MemoryLocks), which follows PostgreSQL's lock manager
+//!   [`MemoryLocks`], which follows PostgreSQL's lock manager
 //!   (stacking per lock, shared with shared, queued writers blocking later readers). Only
 //!   what passes that table goes to the server, which then holds at most one level per
 //!   key and mode for the whole client: locks sharing a key shared share that level.
@@ -29,8 +29,8 @@
 //! - **Loss is detected per lane.** `lost()` futures share one liveness check per lane
 //!   and [`lost_check_interval`](LockOptions::lost_check_interval) (any statement the lane
 //!   answers counts); never a `pg_locks` scan. A lane whose session dies takes its levels
-//!   with it: every lock that held one reports [`Error::LockLost`] under the rules of
-//!   [`DistributedLock`](crate::DistributedLock); other lanes are untouched, and the lane
+//!   with it: every lock that held one reports [`Error::LockLost`](crate::Error::LockLost) under the rules of
+//!   [`DistributedLock`]; other lanes are untouched, and the lane
 //!   opens a new session on demand.
 //! - **Background work.** The library depends on no runtime, so the client's housekeeping
 //!   is a future the application spawns: [`LockClient::driver`]. With it running, the
