@@ -27,7 +27,9 @@ async fn run() -> pglock::Result<()> {
         .connect(&url)
         .await
     else {
-        eprintln!("no PostgreSQL server answers; set DATABASE_URL, e.g. DATABASE_URL=postgres://user@host/db");
+        eprintln!(
+            "no PostgreSQL server answers; set DATABASE_URL, e.g. DATABASE_URL=postgres://user@host/db"
+        );
         std::process::exit(2);
     };
 
@@ -62,7 +64,10 @@ async fn run() -> pglock::Result<()> {
 
     // Another lock of the client on a held key is refused, as another session would be.
     let mut second = client.lock((7, 0));
-    println!("a second lock on customer 0: try_lock() = {}", second.try_lock().await?);
+    println!(
+        "a second lock on customer 0: try_lock() = {}",
+        second.try_lock().await?
+    );
 
     // Several keys at once, every one or none, in one round trip.
     let pair = [LockKey::IntPair(8, 1), LockKey::IntPair(8, 2)];

@@ -53,7 +53,7 @@ use crate::error::LockMode;
 use crate::levels::Levels;
 use crate::session::{self, Effect, Reconnect, Session};
 use crate::sql::{self, KeyedSql, add};
-use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result, timer};
+use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result, timer, trace};
 
 /// A PostgreSQL session-level advisory lock on one key, on one dedicated session.
 ///
@@ -358,7 +358,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
                 Some(Err(err)) => return self.settle(err),
                 None => {
                     // No answer in time: the network or server is gone for all we know.
-                    self.session.end();
+                    self.session.end("a loss check went unanswered");
                     self.sync_with_session();
                     return self.lost_error();
                 }
@@ -416,6 +416,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// held, ends with `LockLost`: the loss happened during the call. (To tell the two
     /// apart, a lock that holds levels tries before it waits.)
     async fn acquire(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
+        let key = self.key;
+        trace::acquisition(key, mode, wait.kind(), self.acquire_traced(mode, wait)).await
+    }
+
+    async fn acquire_traced(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
         let wait = wait.remaining(Duration::ZERO);
         let start = Instant::now();
         let lost_before = self.lost;
@@ -588,6 +593,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             return Err(Error::LockLost { key: self.key });
         }
         *self.held.of_mut(mode) -= 1;
+        trace::released(self.key, Levels::default().with(mode));
         Ok(())
     }
 
@@ -635,6 +641,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
         self.held = self.held.minus(levels);
         self.deferred = Levels::default();
+        trace::released(self.key, levels);
         Ok(())
     }
 
@@ -665,8 +672,12 @@ impl<C: LockConnection> AdvisoryLock<C> {
         extra: String,
         blocking: bool,
     ) -> Result<Option<i64>> {
-        let outcome = self.acquire_returning(sql, extra, blocking).await;
-        outcome.map_err(|err| self.settle(err))
+        let (key, kind) = (self.key, if blocking { "fenced" } else { "try fenced" });
+        let acquire = async {
+            let outcome = self.acquire_returning(sql, extra, blocking).await;
+            outcome.map_err(|err| self.settle(err))
+        };
+        trace::acquisition(key, LockMode::Exclusive, kind, acquire).await
     }
 
     async fn acquire_returning(
@@ -708,7 +719,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
             // With levels before, pg_locks cannot tell n from n + 1: the count is unknown,
             // so end the session (its levels go with it) rather than guess.
             Err(_) => {
-                self.session.end();
+                self.session
+                    .end("a fenced acquisition failed with levels held");
                 Err(Error::LockLost { key: self.key })
             }
         }
@@ -746,7 +758,11 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// Moves the held levels to the lost ones.
     fn lose_held(&mut self) {
-        self.lost = self.lost.plus(self.held.minus(self.deferred));
+        let lost = self.held.minus(self.deferred);
+        if lost.any() {
+            trace::lost(self.key, lost, "its session is gone, or no longer has them");
+        }
+        self.lost = self.lost.plus(lost);
         self.held = Levels::default();
         self.deferred = Levels::default();
     }
@@ -799,6 +815,15 @@ enum Wait {
 }
 
 impl Wait {
+    /// What kind of acquisition waits like this, for its trace.
+    fn kind(self) -> &'static str {
+        match self {
+            Wait::No => "try",
+            Wait::For(_) => "timed",
+            Wait::Forever => "blocking",
+        }
+    }
+
     /// What is left of the wait after `elapsed`; a timed wait with no time left is a
     /// plain try.
     fn remaining(self, elapsed: Duration) -> Wait {

@@ -28,6 +28,12 @@ impl Levels {
         self.exclusive > 0 || self.shared > 0
     }
 
+    /// These levels and one more of `mode`.
+    pub(crate) fn with(mut self, mode: LockMode) -> Levels {
+        *self.of_mut(mode) += 1;
+        self
+    }
+
     pub(crate) fn plus(self, other: Levels) -> Levels {
         Levels {
             exclusive: self.exclusive.saturating_add(other.exclusive),

@@ -47,6 +47,7 @@
 //! | `runtime-async-std` | `sqlx/runtime-async-std` |
 //! | `runtime-smol` | `sqlx/runtime-smol` |
 //! | `migrate` | `sqlx/migrate`, and `pglock::migrate()` for the fencing-token table |
+//! | `tracing` | spans for acquisitions and events for releases, losses and sessions ended, with [`tracing`](https://docs.rs/tracing) |
 //! | `tls-native-tls`, `tls-rustls`, `tls-rustls-ring-webpki`, `tls-rustls-ring-native-roots`, `tls-rustls-aws-lc-rs` | the sqlx feature of the same name |
 
 #![forbid(unsafe_code)]
@@ -69,6 +70,7 @@ mod scoped;
 mod session;
 mod sql;
 mod timer;
+mod trace;
 pub mod xact;
 
 pub use advisory::AdvisoryLock;

@@ -53,7 +53,7 @@ use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 
 use crate::error::{self, sqlstate};
 use crate::sql::{self, add};
-use crate::{Error, LockKey, LockMode, LockOptions, Result, timer};
+use crate::{Error, LockKey, LockMode, LockOptions, Result, timer, trace};
 
 /// A connection an [`AdvisoryLock`](crate::AdvisoryLock) can work on, owned or borrowed.
 ///
@@ -293,7 +293,7 @@ impl<C: LockConnection> Session<C> {
             // Nothing was taken. An owned session is let go of, so that the next attempt
             // asks a new one; a borrowed one runs its first statement again.
             if configure {
-                self.end();
+                self.end("the server is a hot standby");
             }
             return Err(Error::StandbyServer { key });
         }
@@ -488,8 +488,8 @@ impl<C: LockConnection> Session<C> {
     /// Ends the session so that the server frees whatever it holds or waits for: an owned
     /// session is closed (a pool connection is not returned), a borrowed one is left to
     /// its owner, unusable to us (`Interrupted`). Bumps the generation.
-    pub(crate) fn end(&mut self) {
-        let owned = self.let_go();
+    pub(crate) fn end(&mut self, reason: &'static str) {
+        let owned = self.let_go(reason);
         self.state = match owned {
             true => State::Disconnected,
             false => State::Interrupted,
@@ -498,7 +498,8 @@ impl<C: LockConnection> Session<C> {
 
     /// Lets go of the connection as [`end`](Self::end) does, without choosing the next
     /// state. Returns whether the session was owned (and so is really ending).
-    fn let_go(&mut self) -> bool {
+    fn let_go(&mut self, reason: &'static str) -> bool {
+        trace::session_ended(self.facts.pid, reason);
         self.generation += 1;
         self.facts = Facts::default();
         match self.conn.take() {
@@ -538,7 +539,7 @@ impl<C: LockConnection> Session<C> {
     /// it failed. A session that is not `clean` (unknown levels left on it) is ended.
     pub(crate) async fn close(&mut self, clean: bool) {
         if !clean {
-            self.let_go();
+            self.let_go("closed with unknown levels on it");
             self.state = State::Closed;
             return;
         }
@@ -573,7 +574,7 @@ impl<C: LockConnection> Session<C> {
     fn abandon(&mut self, effect: Effect) {
         match effect {
             Effect::Read => self.state = State::InFlight(Effect::Read),
-            Effect::Write => self.end(),
+            Effect::Write => self.end("a statement that may change levels was cancelled"),
         }
     }
 
@@ -583,7 +584,7 @@ impl<C: LockConnection> Session<C> {
     fn check_pinned(&mut self, key: LockKey, pid: i32) -> Result<()> {
         match self.facts.pid {
             Some(first) if first != pid => {
-                self.let_go();
+                self.let_go("statements ran on two server sessions");
                 self.state = State::NotPinned {
                     first: Some(first),
                     now: Some(pid),
@@ -599,12 +600,12 @@ impl<C: LockConnection> Session<C> {
             // The server session does not know our prepared statement: the connection
             // was moved to another server session (PgBouncer before 1.21). Nothing ran.
             let first = self.facts.pid;
-            self.let_go();
+            self.let_go("a prepared statement was missing on the server session");
             self.state = State::NotPinned { first, now: None };
             return self.unusable(key);
         }
         if error::session_is_gone(&err) {
-            self.let_go();
+            self.let_go("the session is gone");
             self.state = State::Disconnected;
             return Error::Database(err);
         }
@@ -684,7 +685,7 @@ impl<'a, C: LockConnection> InFlight<'a, C> {
     /// No answer within `limit`: the server or the network is gone for all we know, and
     /// the answer, if it ever comes, must not be waited for. Ends the session.
     fn unanswered(self, key: LockKey, limit: Duration) -> Error {
-        self.session.end();
+        self.session.end("a statement went unanswered");
         Error::Unresponsive { key, after: limit }
     }
 

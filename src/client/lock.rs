@@ -9,8 +9,9 @@ use sqlx::postgres::Postgres;
 
 use super::Inner;
 use super::table::{Backed, OpId, WaitStart, lock};
+use crate::levels::Levels;
 use crate::memory::MemoryLock;
-use crate::{AdvisoryLock, DistributedLock, Error, LockKey, LockMode, Result, timer};
+use crate::{AdvisoryLock, DistributedLock, Error, LockKey, LockMode, Result, timer, trace};
 
 /// A lock on one key made by a [`LockClient`](super::LockClient); see the
 /// [module docs](super).
@@ -223,6 +224,15 @@ impl ClientLock {
     }
 
     async fn acquire(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
+        let kind = match wait {
+            Wait::No => "try",
+            Wait::Until(_) => "timed",
+            Wait::Forever => "blocking",
+        };
+        trace::acquisition(self.key(), mode, kind, self.acquire_traced(mode, wait)).await
+    }
+
+    async fn acquire_traced(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
         let already = self.local.holds(mode);
         let granted = match (wait.remaining(), mode) {
             (Some(Duration::ZERO), _) => self.local.try_now(mode)?,
@@ -251,13 +261,17 @@ impl ClientLock {
             return Ok(()); // a stacked level: the client's server level stays
         }
         let op = lock(&self.inner.table).unback(self.key(), mode);
-        match op {
+        let released = match op {
             Some(op) => match self.inner.complete(op).await? {
                 true => Ok(()),
                 false => Err(Error::LockLost { key: self.key() }),
             },
             None => Ok(()),
+        };
+        if released.is_ok() {
+            trace::released(self.key(), Levels::default().with(mode));
         }
+        released
     }
 }
 

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
+use crate::levels::Levels;
 use crate::memory::MemoryLocks;
 use crate::session::{self, Effect, Session};
 use crate::sql::{self, add};
-use crate::{Error, LockKey, LockMode, LockOptions, Result};
+use crate::{Error, LockKey, LockMode, LockOptions, Result, trace};
 
 /// A lane's session: a pool connection the client owns, shared by many locks.
 pub(super) type LaneSession = Session<PoolConnection<Postgres>>;
@@ -951,8 +952,16 @@ impl Table {
             .map(|(key, _)| *key)
             .collect();
         for key in &keys {
+            if let Some(backing) = self.keys.remove(key) {
+                let held =
+                    |mode: LockMode| u32::from(backing.modes[index(mode)].server == Server::Held);
+                let levels = Levels {
+                    exclusive: held(LockMode::Exclusive),
+                    shared: held(LockMode::Shared),
+                };
+                trace::lost(*key, levels, "its lane's session is gone");
+            }
             shared.local.lose(*key);
-            self.keys.remove(key);
         }
         self.lanes[lane].levels = 0;
         let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
