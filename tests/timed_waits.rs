@@ -620,12 +620,59 @@ fn log_len(log: &std::path::Path) -> u64 {
     std::fs::metadata(log).expect("the server log").len()
 }
 
-/// One statement per timed attempt, and one `pg_locks` race check after each time-out;
-/// nothing else. Counted on a private server in two ways: `pg_stat_statements` for the
-/// lock's role (it records successful statements only; a timed-out wait fails with 55P03)
-/// and the server's statement log for the lock's backend (every statement sent).
+/// A lock holding nothing: one statement per timed attempt, and one `pg_locks` race
+/// check after each time-out; nothing else. Counted in the server's statement log for
+/// the lock's backend (every statement sent, failed ones included).
 #[test]
-fn each_timed_attempt_is_one_statement_plus_one_race_check_after_a_timeout() {
+fn a_timed_attempt_by_a_lock_holding_nothing_is_one_statement_plus_one_race_check() {
+    rt::run(Box::pin(async {
+        let cluster = PrivateCluster::start(&["log_statement = 'all'", "log_line_prefix = '%p '"]);
+        let url = cluster.url();
+        let log = cluster.log_file();
+        let pool = support::pool_at(&url, 2).await;
+        let key = support::key("a_timed_attempt_by_a_lock_holding_nothing");
+        let mut holder = support::connect_at(&url).await;
+        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        // Warm-up: the session's first statement, and sqlx's preparation.
+        assert!(lock.try_lock_for(Duration::from_secs(1)).await.unwrap());
+        lock.unlock().await.unwrap();
+        assert!(support::try_lock_on(&mut holder, key).await);
+        assert!(!lock.try_lock_for(Duration::from_millis(20)).await.unwrap());
+        let lock_pid = support::backend_pid_of_application(&url, "pglock").await;
+
+        let offset = log_len(&log);
+        for _ in 0..5 {
+            assert!(!lock.try_lock_for(Duration::from_millis(20)).await.unwrap());
+        }
+        let logged = logged_statements(&log, offset, lock_pid);
+        let timed = logged
+            .iter()
+            .filter(|s| s.contains("pg_advisory") && s.contains("lock_timeout"))
+            .count();
+        let race = logged.iter().filter(|s| s.contains("pg_locks")).count();
+        assert_eq!((timed, race, logged.len()), (5, 5, 10), "{logged:#?}");
+
+        // An uncontended success is exactly one statement, the timed one.
+        assert!(support::unlock_on(&mut holder, key).await);
+        let offset = log_len(&log);
+        assert!(lock.try_lock_for(Duration::from_secs(1)).await.unwrap());
+        let logged = logged_statements(&log, offset, lock_pid);
+        assert_eq!(logged.len(), 1, "one statement: {logged:#?}");
+        assert!(logged[0].contains("lock_timeout"), "{logged:#?}");
+        lock.close().await.unwrap();
+        pool.close().await;
+        holder.close().await.unwrap();
+    }));
+}
+
+/// A lock that holds a level tries before each timed wait (to tell a session found gone
+/// from one lost while waiting): a wait the try satisfies is that one statement; one it
+/// does not then waits, and after a time-out checks `pg_locks` for a grant that raced
+/// it; nothing else. Counted on a private server in two ways: `pg_stat_statements` for
+/// the lock's role (it records successful statements only; a timed-out wait fails with
+/// 55P03) and the server's statement log for the lock's backend (every statement sent).
+#[test]
+fn a_timed_attempt_by_a_holder_is_a_try_then_a_wait_and_a_race_check_after_a_timeout() {
     rt::run(Box::pin(async {
         let cluster = PrivateCluster::start(&["log_statement = 'all'", "log_line_prefix = '%p '"]);
         let url = cluster.url();
@@ -689,10 +736,14 @@ fn each_timed_attempt_is_one_statement_plus_one_race_check_after_a_timeout() {
             "{granted} granted, {timed_out} timed out"
         );
         assert_eq!(lock.shared_levels() as i64, granted + 1);
+        // The lock holds a level, so each attempt tries first (to tell a session found
+        // gone from one lost while waiting): a shared wait is granted by that try; an
+        // exclusive one then waits (a timed statement that fails, which
+        // pg_stat_statements does not record) and checks for a grant that raced it.
         let expected = Counted {
-            timed: granted,
+            timed: 0,
             pg_locks: timed_out,
-            total: granted + timed_out,
+            total: granted + 2 * timed_out,
         };
         // pg_stat_statements records a statement as it finishes on the server, which may
         // be just after the client has its answer.
@@ -715,7 +766,7 @@ fn each_timed_attempt_is_one_statement_plus_one_race_check_after_a_timeout() {
         let race_logged = logged.iter().filter(|s| s.contains("pg_locks")).count() as i64;
         assert_eq!(
             (timed_logged, race_logged, logged.len() as i64),
-            (20, timed_out, 20 + timed_out),
+            (timed_out, timed_out, granted + 3 * timed_out),
             "statements sent by the lock's session: {logged:#?}"
         );
         eprintln!(
@@ -726,7 +777,7 @@ fn each_timed_attempt_is_one_statement_plus_one_race_check_after_a_timeout() {
             logged.len()
         );
 
-        // An uncontended success is exactly one statement.
+        // An uncontended success is exactly one statement (the try).
         assert!(support::unlock_shared_on(&mut holder, key).await);
         sqlx::query("SELECT pg_stat_statements_reset()")
             .execute(&mut admin)
@@ -735,7 +786,7 @@ fn each_timed_attempt_is_one_statement_plus_one_race_check_after_a_timeout() {
         let offset = log_len(&log);
         assert!(lock.try_lock_for(Duration::from_secs(1)).await.unwrap());
         let expected = Counted {
-            timed: 1,
+            timed: 0,
             pg_locks: 0,
             total: 1,
         };

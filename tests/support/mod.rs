@@ -381,3 +381,17 @@ pub fn assert_between(elapsed: Duration, low: Duration, high: Duration, what: &s
         rt::NAME
     );
 }
+
+/// The backend pid of the one session named `application_name` at the server `url`.
+pub async fn backend_pid_of_application(url: &str, application_name: &str) -> i32 {
+    let mut conn = connect_at(url).await;
+    let pid = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(application_name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("query pg_stat_activity");
+    let _ = conn.close().await;
+    pid
+}
