@@ -6,10 +6,12 @@
 //! deletes the directory when the bench process exits, however it exits.
 //!
 //! Also what every bench shares: the raw-statement baselines ([`raw`]), the
-//! several-session workloads ([`workloads`]), pinning to one CPU ([`pin`]) and the counting
-//! proxy ([`wire`]). Not every bench uses all of it.
+//! several-session workloads ([`workloads`]), pinning to one CPU ([`pin`]), the counting
+//! proxy ([`wire`]) and the DistributedLock contender ([`distributed_lock`]). Not every
+//! bench uses all of it.
 #![allow(dead_code)]
 
+pub mod distributed_lock;
 pub mod pin;
 pub mod raw;
 pub mod wire;
