@@ -74,7 +74,10 @@ const NAMES: [&str; 6] = [
 async fn send_without_waiting(conn: &mut PgConnection, sql: &'static str) {
     let mut execute = pin!(sqlx::raw_sql(sql).execute(conn));
     std::future::poll_fn(|cx| match execute.as_mut().poll(cx) {
-        Poll::Ready(result) => Poll::Ready(result.map(drop).expect("statement")),
+        Poll::Ready(result) => {
+            result.expect("statement");
+            Poll::Ready(())
+        }
         Poll::Pending => Poll::Ready(()),
     })
     .await
