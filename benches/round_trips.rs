@@ -3,11 +3,13 @@
 //!
 //! Always on a private cluster (see `support`), which preloads `pg_stat_statements`. For
 //! each operation pair it warms the lock up with one uncounted pair (a lock's first
-//! operation configures an owned session, or reads `statement_timeout` once for a timed
-//! wait), resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls` over
-//! every statement but the counting queries themselves. pglock's goal: exactly one
-//! statement, and so one round trip, per operation. (A pool's `acquire` and its return
-//! of a connection each send a ping, which is a round trip but not a statement.)
+//! operation is its session's first statement, `sql::FIRST`, which also sets an owned
+//! session up), resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls`
+//! over every statement but the counting queries themselves. pglock's goal: exactly one
+//! statement per operation. This counts statements, not round trips: a pool's `acquire`
+//! and its return of a connection each send a ping, a round trip but no statement, and
+//! two statements can share a round trip. `cargo bench --bench interleaved` counts round
+//! trips on the wire.
 //!
 //! A second table shows where a short-lived lock's time goes on the server: each
 //! statement's mean execution time over lock lifecycles.
