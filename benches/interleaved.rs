@@ -30,10 +30,10 @@ use pglock::{AdvisoryLock, LockKey};
 use sqlx::postgres::{PgAdvisoryLock, PgAdvisoryLockKey, PgPool, PgPoolOptions};
 use sqlx::{Connection, Either, PgConnection};
 
+use support::pin;
 use support::raw::{self, WAIT};
 use support::wire::{Tally, WireCounter};
 use support::workloads::{self, Contender};
-use support::pin;
 
 /// Blocks per contender and rounds per block: the per-operation pairs, then the cycles.
 const PAIR_BLOCKS: usize = 100;

@@ -391,7 +391,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
         // Unknown what the session still holds after a failed release: never hand it
         // back to a pool.
-        self.session.close(result.is_ok()).await;
+        self.session.close(self.key, result.is_ok()).await;
         self.sync_with_session();
         if self.lost.any() || self.held.any() {
             self.lost = Levels::default();

@@ -6,10 +6,12 @@ use std::time::Duration;
 ///
 /// The session settings apply only to connections the lock *owns* (from
 /// [`AdvisoryLock::new`](crate::AdvisoryLock::new), or an owned `PgConnection` /
-/// `PoolConnection`). They are set with the lock's first statement on the session and
-/// put back to the server defaults by [`close`](crate::AdvisoryLock::close), so a pool
-/// connection returns as it came. A borrowed connection's settings are never changed
-/// for good.
+/// `PoolConnection`), with the lock's first statement on the session, and only where
+/// needed: the client check and the keepalive probes where they are off (and then left
+/// on: they only make the server notice a vanished client sooner); the idle timeouts
+/// turned off where they are on, and an `application_name` if one is configured, which
+/// [`close`](crate::AdvisoryLock::close) puts back before a pool connection returns to
+/// its pool. A borrowed connection's settings are never changed for good.
 ///
 /// ```
 /// use std::time::Duration;
@@ -18,11 +20,11 @@ use std::time::Duration;
 /// let options = LockOptions::new()
 ///     .application_name("billing-worker")
 ///     .lost_check_interval(Duration::from_millis(500));
-/// assert_eq!(options.get_application_name(), "billing-worker");
+/// assert_eq!(options.get_application_name(), Some("billing-worker"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockOptions {
-    application_name: String,
+    application_name: Option<String>,
     client_connection_check_interval: Duration,
     lost_check_interval: Duration,
     check_timeout: Duration,
@@ -33,7 +35,7 @@ pub struct LockOptions {
 impl Default for LockOptions {
     fn default() -> Self {
         LockOptions {
-            application_name: "pglock".to_owned(),
+            application_name: None,
             client_connection_check_interval: Duration::from_secs(1),
             lost_check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_secs(5),
@@ -44,16 +46,18 @@ impl Default for LockOptions {
 }
 
 impl LockOptions {
-    /// The defaults: `application_name` `pglock`, a 1 s client connection check, a 1 s
-    /// lost-lock check with a 5 s bound on each check, a 30 s operation timeout, and
+    /// The defaults: the session's own `application_name`, a 1 s client connection check,
+    /// a 1 s lost-lock check with a 5 s bound on each check, a 30 s operation timeout, and
     /// server keepalive probes after 10 s of silence.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The `application_name` the lock's own sessions show in `pg_stat_activity`.
+    /// An `application_name` for the lock's own sessions to show in `pg_stat_activity`
+    /// while the lock has them (put back by `close`). By default the session keeps its
+    /// own.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
+        self.application_name = Some(name.into());
         self
     }
 
@@ -108,9 +112,9 @@ impl LockOptions {
         self.keepalive_idle
     }
 
-    /// The configured `application_name`.
-    pub fn get_application_name(&self) -> &str {
-        &self.application_name
+    /// The configured `application_name`, if any.
+    pub fn get_application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
     }
 
     /// The configured client connection check interval.

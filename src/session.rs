@@ -43,9 +43,6 @@
 //! owned session there is ended, so that the next attempt asks a fresh session (the
 //! server may have been promoted since).
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -144,8 +141,9 @@ struct Facts {
     /// The server session (`pg_backend_pid()`) every statement must run on; `None` until
     /// the first statement ran.
     pid: Option<i32>,
-    /// The first statement set an owned session up: `close` owes a restore.
-    configured: bool,
+    /// The first statement changed settings a pool's next borrower could notice: `close`
+    /// owes them back.
+    restore_owed: bool,
     /// The session's `statement_timeout` in ms, as the first statement read it.
     statement_timeout_ms: i64,
 }
@@ -170,8 +168,8 @@ pub(crate) struct Session<C: LockConnection> {
 }
 
 /// The row of [`sql::FIRST`]: tried (NULL if nothing was tried), pid, standby,
-/// `statement_timeout` in ms.
-type FirstRow = (Option<bool>, i32, bool, i64);
+/// `statement_timeout` in ms, whether settings are owed back.
+type FirstRow = (Option<bool>, i32, bool, i64, bool);
 
 impl<C: LockConnection> Session<C> {
     pub(crate) fn new(conn: C) -> Self {
@@ -263,11 +261,14 @@ impl<C: LockConnection> Session<C> {
             let options = &self.options;
             let check = options.get_client_connection_check_interval();
             let keepalive = options.get_keepalive_idle();
-            add(&mut args, options.get_application_name().to_owned())?;
-            add(&mut args, format!("{}ms", check.as_millis()))?;
+            add(&mut args, options.get_application_name().map(str::to_owned))?;
+            add(
+                &mut args,
+                (!check.is_zero()).then(|| format!("{}ms", check.as_millis())),
+            )?;
             add(&mut args, format!("{}s", keepalive.as_secs()))?;
             add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
-            add(&mut args, "0")?; // idle killers off
+            add(&mut args, "0")?; // idle killers off; and what "off" reads as
             add(&mut args, "3")?; // keepalive probes
         } else {
             for _ in 0..6 {
@@ -287,7 +288,7 @@ impl<C: LockConnection> Session<C> {
         let row: Option<FirstRow> = self
             .query(key, Effect::Write, sql::FIRST.for_key(key), args, bound)
             .await?;
-        let (taken, pid, standby, statement_timeout_ms) =
+        let (taken, pid, standby, statement_timeout_ms, owed) =
             row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
         if standby {
             // Nothing was taken. An owned session is let go of, so that the next attempt
@@ -299,7 +300,7 @@ impl<C: LockConnection> Session<C> {
         }
         self.facts = Facts {
             pid: Some(pid),
-            configured: configure,
+            restore_owed: owed,
             statement_timeout_ms,
         };
         Ok(taken == Some(true))
@@ -534,26 +535,39 @@ impl<C: LockConnection> Session<C> {
     }
 
     /// Lets go of the session for good (`Closed`). A clean owned pool connection goes back
-    /// to its pool, its settings restored without waiting: the restore travels ahead of
-    /// the pool's own return check, which reads its answer and closes the connection if
-    /// it failed. A session that is not `clean` (unknown levels left on it) is ended.
-    pub(crate) async fn close(&mut self, clean: bool) {
+    /// to its pool, with the settings its first statement owes put back (one round trip,
+    /// only then). A session that is not `clean` (unknown levels left on it), or whose
+    /// restore fails, is ended.
+    pub(crate) async fn close(&mut self, key: LockKey, clean: bool) {
+        let restore = self.facts.restore_owed
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|conn| conn.returns_to_pool());
+        let clean = clean && (!restore || self.restore(key).await.is_ok());
         if !clean {
-            self.let_go("closed with unknown levels on it");
-            self.state = State::Closed;
-            return;
+            self.let_go("closed with unknown levels on it, or settings not put back");
         }
-        if let Some(mut conn) = self.conn.take() {
-            let restore = self.facts.configured && conn.returns_to_pool();
-            let idle = self.state == State::Ready;
-            if restore && !(idle && send_without_waiting(conn.as_mut()).await) {
-                // A read still in flight, or the restore could not be sent: close the
-                // connection rather than return it with our settings.
-                conn.discard_on_drop();
-            }
-        }
+        self.conn = None;
         self.facts = Facts::default();
         self.state = State::Closed;
+    }
+
+    /// Puts back the settings the first statement owes ([`sql::RESTORE_SESSION`]).
+    async fn restore(&mut self, key: LockKey) -> Result<()> {
+        if self.state == State::InFlight(Effect::Read) {
+            self.state = State::Ready; // a read's answer: sqlx reads it first
+        }
+        let _: bool = self
+            .fetch(
+                key,
+                Effect::Write,
+                sql::RESTORE_SESSION,
+                PgArguments::default(),
+            )
+            .await?;
+        self.facts.restore_owed = false;
+        Ok(())
     }
 
     /// Why a session in its current state cannot run a statement.
@@ -634,20 +648,6 @@ pub(crate) fn lock_not_available(err: &Error) -> bool {
         if error::sqlstate(err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE))
 }
 
-/// Sends [`sql::RESTORE_SESSION`] and returns as soon as it is on its way (true), without
-/// reading the answer: that is left to the connection's next use, the pool's return
-/// check. The statement has no parameters, so sqlx sends it as one simple-query message
-/// on the first poll, with nothing to prepare first; an answer that arrives at once is
-/// read (and an error there is reported as not sent, false).
-async fn send_without_waiting(conn: &mut PgConnection) -> bool {
-    let mut restore = pin!(sqlx::raw_sql(sql::RESTORE_SESSION).execute(conn));
-    std::future::poll_fn(|cx| match restore.as_mut().poll(cx) {
-        Poll::Ready(result) => Poll::Ready(result.is_ok()),
-        Poll::Pending => Poll::Ready(true),
-    })
-    .await
-}
-
 /// Appends the key's bind parameters: one `bigint`, or the two `integer`s of a pair.
 fn add_key(args: &mut PgArguments, key: LockKey) -> Result<()> {
     match key {
@@ -708,7 +708,7 @@ impl<C: LockConnection> Drop for Session<C> {
     fn drop(&mut self) {
         // A pending statement would pass to the pool's next borrower, and so would our
         // session settings, which only an awaited `close` can put back.
-        if matches!(self.state, State::InFlight(_)) || self.facts.configured {
+        if matches!(self.state, State::InFlight(_)) || self.facts.restore_owed {
             self.discard_on_drop();
         }
     }

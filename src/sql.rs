@@ -316,19 +316,22 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
 /// acquisition). It never waits: a wait that a try cannot satisfy is the next statement,
 /// on a session that is then fully known.
 ///
-/// With `$1` (an owned session) it also sets the session up, and stashes the settings it
-/// had in the placeholder setting `pglock.restore`, for [`RESTORE_SESSION`]: it names
-/// the session (`$2`); keeps idle killers from silently ending a session that holds
-/// locks (`$6`: `'0'`); lets the server notice a vanished client even while it waits for
-/// a lock (`$3`, PostgreSQL 14+); and has the server probe a silent client's socket
-/// (keepalive idle `$4`, interval `$5`, `$7` probes), so that a holder cut off without a
-/// FIN or RST loses its locks in about `$4 + $7 × $5` instead of the kernel's hours.
-/// Settings a server lacks (older than 14) are left alone. The subquery `s` reads before
-/// `c` writes; both run before the try.
+/// With `$1` (an owned session) it also sets the session up, changing only what needs
+/// it. What is off is turned on, and left on at `close` (it only makes the server notice
+/// a vanished client sooner): the check for a gone client even while a lock waits
+/// (`client_connection_check_interval` = `$3`, PostgreSQL 14+; not when `$3` is NULL),
+/// and the server's probes of a silent client's socket (keepalive idle `$4`, interval
+/// `$5`, `$7` probes), so that a holder cut off without a FIN or RST loses its locks in
+/// about `$4 + $7 × $5` instead of the kernel's hours. What is on and would let a held
+/// lock go silently (`idle_session_timeout`, `idle_in_transaction_session_timeout`) is
+/// turned off (`$6`: `'0'`), and `application_name` is set if `$2` is not NULL: those
+/// are owed back, so the statement stashes the settings it found in the placeholder
+/// setting `pglock.restore` for [`RESTORE_SESSION`], and answers whether it did (the
+/// last column). The subquery `s` reads before `c` writes; both run before the try.
 pub(crate) const FIRST: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9) \
             WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
-        pg_backend_pid(), s.standby, s.statement_timeout_ms \
+        pg_backend_pid(), s.standby, s.statement_timeout_ms, c.owed \
         FROM (SELECT pg_is_in_recovery() AS standby, \
               (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
                   AS statement_timeout_ms, \
@@ -339,20 +342,26 @@ pub(crate) const FIRST: KeyedSql = KeyedSql {
                   current_setting('tcp_keepalives_idle'), \
                   current_setting('tcp_keepalives_interval'), \
                   current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
-        CROSS JOIN LATERAL (SELECT CASE WHEN $1 THEN ARRAY[ \
-              set_config('pglock.restore', s.previous::text, false), \
-              set_config('application_name', $2, false), \
-              CASE WHEN s.previous[2] IS NOT NULL \
+        CROSS JOIN LATERAL (SELECT coalesce($1 AND ($2 IS NOT NULL \
+              OR coalesce(s.previous[2], $6) <> $6 OR s.previous[3] <> $6), false) AS owed \
+              OFFSET 0) AS o \
+        CROSS JOIN LATERAL (SELECT o.owed, CASE WHEN $1 THEN ARRAY[ \
+              CASE WHEN o.owed THEN set_config('pglock.restore', s.previous::text, false) END, \
+              CASE WHEN $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
+              CASE WHEN coalesce(s.previous[2], $6) <> $6 \
                    THEN set_config('idle_session_timeout', $6, false) END, \
-              set_config('idle_in_transaction_session_timeout', $6, false), \
-              CASE WHEN s.previous[4] IS NOT NULL \
+              CASE WHEN s.previous[3] <> $6 \
+                   THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
+              CASE WHEN s.previous[4] = $6 AND $3 IS NOT NULL \
                    THEN set_config('client_connection_check_interval', $3, false) END, \
-              set_config('tcp_keepalives_idle', $4, false), \
-              set_config('tcp_keepalives_interval', $5, false), \
-              set_config('tcp_keepalives_count', $7, false)] END AS applied OFFSET 0) AS c",
+              CASE WHEN s.previous[5] = $6 THEN set_config('tcp_keepalives_idle', $4, false) END, \
+              CASE WHEN s.previous[6] = $6 \
+                   THEN set_config('tcp_keepalives_interval', $5, false) END, \
+              CASE WHEN s.previous[7] = $6 THEN set_config('tcp_keepalives_count', $7, false) END \
+              ] END AS applied FROM (SELECT 1) AS one OFFSET 0) AS c",
     pair: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9, $10) \
             WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9, $10) END, \
-        pg_backend_pid(), s.standby, s.statement_timeout_ms \
+        pg_backend_pid(), s.standby, s.statement_timeout_ms, c.owed \
         FROM (SELECT pg_is_in_recovery() AS standby, \
               (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
                   AS statement_timeout_ms, \
@@ -363,33 +372,32 @@ pub(crate) const FIRST: KeyedSql = KeyedSql {
                   current_setting('tcp_keepalives_idle'), \
                   current_setting('tcp_keepalives_interval'), \
                   current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
-        CROSS JOIN LATERAL (SELECT CASE WHEN $1 THEN ARRAY[ \
-              set_config('pglock.restore', s.previous::text, false), \
-              set_config('application_name', $2, false), \
-              CASE WHEN s.previous[2] IS NOT NULL \
+        CROSS JOIN LATERAL (SELECT coalesce($1 AND ($2 IS NOT NULL \
+              OR coalesce(s.previous[2], $6) <> $6 OR s.previous[3] <> $6), false) AS owed \
+              OFFSET 0) AS o \
+        CROSS JOIN LATERAL (SELECT o.owed, CASE WHEN $1 THEN ARRAY[ \
+              CASE WHEN o.owed THEN set_config('pglock.restore', s.previous::text, false) END, \
+              CASE WHEN $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
+              CASE WHEN coalesce(s.previous[2], $6) <> $6 \
                    THEN set_config('idle_session_timeout', $6, false) END, \
-              set_config('idle_in_transaction_session_timeout', $6, false), \
-              CASE WHEN s.previous[4] IS NOT NULL \
+              CASE WHEN s.previous[3] <> $6 \
+                   THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
+              CASE WHEN s.previous[4] = $6 AND $3 IS NOT NULL \
                    THEN set_config('client_connection_check_interval', $3, false) END, \
-              set_config('tcp_keepalives_idle', $4, false), \
-              set_config('tcp_keepalives_interval', $5, false), \
-              set_config('tcp_keepalives_count', $7, false)] END AS applied OFFSET 0) AS c",
+              CASE WHEN s.previous[5] = $6 THEN set_config('tcp_keepalives_idle', $4, false) END, \
+              CASE WHEN s.previous[6] = $6 \
+                   THEN set_config('tcp_keepalives_interval', $5, false) END, \
+              CASE WHEN s.previous[7] = $6 THEN set_config('tcp_keepalives_count', $7, false) END \
+              ] END AS applied FROM (SELECT 1) AS one OFFSET 0) AS c",
 };
 
-/// Puts back the settings [`FIRST`] changed on an owned session, from its stash, before
-/// a pool connection goes back to its pool. It has no parameters, so it goes out as a
-/// simple query in one message: `close` sends it without waiting, and the pool's own
-/// return check (a round trip sqlx makes on every return) reads its answer; if it failed,
-/// that check fails and the pool closes the connection instead of reusing it.
-pub(crate) const RESTORE_SESSION: &str = "SELECT \
+/// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
+/// timeouts it turned off), from its stash, before a pool connection goes back to its
+/// pool. The probes it turned on stay on.
+pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \
      set_config('application_name', r.v[1], false), \
      CASE WHEN r.v[2] IS NOT NULL THEN set_config('idle_session_timeout', r.v[2], false) END, \
-     set_config('idle_in_transaction_session_timeout', r.v[3], false), \
-     CASE WHEN r.v[4] IS NOT NULL \
-          THEN set_config('client_connection_check_interval', r.v[4], false) END, \
-     set_config('tcp_keepalives_idle', r.v[5], false), \
-     set_config('tcp_keepalives_interval', r.v[6], false), \
-     set_config('tcp_keepalives_count', r.v[7], false) \
+     set_config('idle_in_transaction_session_timeout', r.v[3], false) \
      FROM (SELECT current_setting('pglock.restore')::text[] AS v OFFSET 0) AS r";
 
 /// Whether the session is alive, and which server session answers: the loss check of a

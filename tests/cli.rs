@@ -379,7 +379,8 @@ fn status_shows_the_holder() {
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         let holder = holder.to_string();
         assert_eq!(row[..4], [key_arg.as_str(), "exclusive", "held", &holder]);
-        assert!(lines[1].contains("pglock"), "{}", lines[1]);
+        // The holder's session keeps its own application_name (none here: "-").
+        assert!(lines[1].contains(" - "), "{}", lines[1]);
 
         // A waiter: another pglock run, shown waiting, as pglock-cli.
         let mut waiting = pglock(&["run", &key_arg, "--", "true"]);

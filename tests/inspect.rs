@@ -41,8 +41,11 @@ fn locks_on_shows_the_holder_with_its_pid_mode_and_session() {
         let key = support::key("locks_on_shows_the_holder_with_its_pid_mode_and_session");
         let shared_key = support::pair_key("locks_on_shows_the_holder/shared");
 
-        // Exclusive, from AdvisoryLock::new: application_name "pglock".
-        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        // Exclusive, from AdvisoryLock::new, named "pglock".
+        let mut lock = AdvisoryLock::new(&pool, key)
+            .await
+            .unwrap()
+            .with_options(LockOptions::new().application_name("pglock"));
         lock.lock().await.unwrap();
         let pid = holder(key).await;
         let infos = inspect::locks_on(&pool, key).await.unwrap();
@@ -75,7 +78,7 @@ fn locks_on_shows_the_holder_with_its_pid_mode_and_session() {
         assert_eq!(modes, vec![(pid, false), (pid, true)]);
         lock.unlock_shared().await.unwrap();
 
-        // Shared, by two locks, one with its own application_name.
+        // Shared, by two locks, one with an application_name configured.
         let mut first = AdvisoryLock::new(&pool, shared_key).await.unwrap();
         let mut second = AdvisoryLock::new(&pool, shared_key)
             .await
@@ -97,10 +100,8 @@ fn locks_on_shows_the_holder_with_its_pid_mode_and_session() {
         names.sort();
         assert_eq!(
             names,
-            vec![
-                Some("pglock".to_owned()),
-                Some("pglock-inspect-test".to_owned())
-            ]
+            vec![Some(String::new()), Some("pglock-inspect-test".to_owned())],
+            "the session's own name (none), and the configured one"
         );
         // The pid of each row is the session that really holds it.
         for info in &infos {

@@ -304,7 +304,7 @@ fn killed_child_process_frees_its_lock_within_two_seconds() {
 }
 
 #[test]
-fn owned_sessions_show_the_application_name_pglock_or_the_configured_one() {
+fn owned_sessions_keep_their_application_name_or_show_the_configured_one() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("owned_sessions_show_the_application_name");
@@ -313,7 +313,8 @@ fn owned_sessions_show_the_application_name_pglock_or_the_configured_one() {
         let pid = only_holder(key).await;
         assert_eq!(
             support::application_name_of(pid).await.as_deref(),
-            Some("pglock")
+            Some(""),
+            "the session's own (none), unless one is configured"
         );
 
         let mut named = AdvisoryLock::new(&pool, key)
@@ -336,8 +337,10 @@ fn owned_sessions_show_the_application_name_pglock_or_the_configured_one() {
 }
 
 /// On a pool of one connection whose sessions start with their own settings: while a
-/// lock owns the connection it shows `pglock` and does not let `idle_session_timeout`
-/// end it; after `close` the same connection is back with its own settings.
+/// lock owns the connection it shows its configured name, does not let
+/// `idle_session_timeout` end it, and checks for a vanished client; after `close` the same
+/// connection is back with its own name and idle timeouts, and the client check (which
+/// was off) stays on.
 #[test]
 fn owned_pool_session_is_configured_while_locked_and_reset_by_close() {
     rt::run(Box::pin(async {
@@ -373,7 +376,10 @@ fn owned_pool_session_is_configured_while_locked_and_reset_by_close() {
         assert_eq!(original, ["pool-app", "400ms", "10min", "0"]);
 
         let key = support::key("owned_pool_session_is_configured_while_locked");
-        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        let mut lock = AdvisoryLock::new(&pool, key)
+            .await
+            .unwrap()
+            .with_options(LockOptions::new().application_name("pglock"));
         lock.lock().await.unwrap();
         assert_eq!(
             only_holder(key).await,
@@ -406,7 +412,12 @@ fn owned_pool_session_is_configured_while_locked_and_reset_by_close() {
         for name in settings {
             after.push(support::show(&mut conn, name).await);
         }
-        assert_eq!(after, original, "close put the session's own settings back");
+        assert_eq!(
+            after,
+            ["pool-app", "400ms", "10min", "1s"],
+            "close put the session's own name and idle timeouts back; the client check it \
+             turned on stays on"
+        );
         drop(conn);
         pool.close().await;
     }));

@@ -226,10 +226,7 @@ fn server_restart_reports_every_loss_ends_every_wait_and_locks_work_again_withou
                     timed("is_held", timed_waiter.is_held()).await.0.unwrap(),
                     "try_lock_for said Ok(true) after the restart: the server must show it held"
                 );
-                timed("unlock_shared", timed_waiter.unlock_shared())
-                    .await
-                    .0
-                    .unwrap();
+                timed("unlock", timed_waiter.unlock()).await.0.unwrap();
             }
             Ok(false) => panic!(
                 "try_lock_for reported a timeout (Ok(false)) after {timed_after:?}, although \

@@ -632,13 +632,16 @@ fn a_timed_attempt_by_a_lock_holding_nothing_is_one_statement_plus_one_race_chec
         let pool = support::pool_at(&url, 2).await;
         let key = support::key("a_timed_attempt_by_a_lock_holding_nothing");
         let mut holder = support::connect_at(&url).await;
-        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
+        let mut lock = AdvisoryLock::new(&pool, key)
+            .await
+            .unwrap()
+            .with_options(pglock::LockOptions::new().application_name("pglock-timed"));
         // Warm-up: the session's first statement, and sqlx's preparation.
         assert!(lock.try_lock_for(Duration::from_secs(1)).await.unwrap());
         lock.unlock().await.unwrap();
         assert!(support::try_lock_on(&mut holder, key).await);
         assert!(!lock.try_lock_for(Duration::from_millis(20)).await.unwrap());
-        let lock_pid = support::backend_pid_of_application(&url, "pglock").await;
+        let lock_pid = support::backend_pid_of_application(&url, "pglock-timed").await;
 
         let offset = log_len(&log);
         for _ in 0..5 {

@@ -982,7 +982,7 @@ impl Table {
     fn retire(&mut self, lane: LaneId) {
         if let Io::Idle(mut session) = std::mem::replace(&mut self.lanes[lane].io, Io::Closed) {
             self.lanes[lane].io = Io::Busy(Box::pin(async move {
-                session.close(true).await;
+                session.close(LockKey::BigInt(0), true).await;
                 Landed {
                     session: None,
                     answers: Ok(Vec::new()),
