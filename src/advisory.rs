@@ -475,8 +475,9 @@ impl<C: LockConnection> AdvisoryLock<C> {
             LockMode::Shared => sql::TRY_LOCK_SHARED,
         };
         let args = self.session.args_for(self.key)?;
+        let bound = Some(self.options().get_operation_timeout());
         self.session
-            .fetch(self.key, Effect::Write, sql.for_key(self.key), args)
+            .fetch_pinned(self.key, Effect::Write, sql.for_key(self.key), args, bound)
             .await
     }
 
@@ -490,9 +491,9 @@ impl<C: LockConnection> AdvisoryLock<C> {
                     LockMode::Shared => sql::LOCK_SHARED,
                 };
                 let args = self.session.args_for(self.key)?;
-                let _: Option<bool> = self
+                let _: bool = self
                     .session
-                    .fetch_optional(self.key, Effect::Write, sql.for_key(self.key), args, None)
+                    .fetch_pinned(self.key, Effect::Write, sql.for_key(self.key), args, None)
                     .await?;
                 Ok(true)
             }
@@ -583,9 +584,10 @@ impl<C: LockConnection> AdvisoryLock<C> {
             LockMode::Shared => sql::UNLOCK_SHARED,
         };
         let args = self.session.args_for(self.key)?;
+        let bound = Some(self.options().get_operation_timeout());
         let released: bool = self
             .session
-            .fetch(self.key, Effect::Write, sql.for_key(self.key), args)
+            .fetch_pinned(self.key, Effect::Write, sql.for_key(self.key), args, bound)
             .await?;
         if !released {
             // We counted a level the server no longer has: the session lost it.

@@ -50,7 +50,8 @@ use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 
 use crate::error::{self, sqlstate};
 use crate::sql::{self, add};
-use crate::{Error, LockKey, LockMode, LockOptions, Result, timer, trace};
+use crate::timer::Watch;
+use crate::{Error, LockKey, LockMode, LockOptions, Result, trace};
 
 /// A connection an [`AdvisoryLock`](crate::AdvisoryLock) can work on, owned or borrowed.
 ///
@@ -165,11 +166,13 @@ pub(crate) struct Session<C: LockConnection> {
     reconnect: Option<Reconnect<C>>,
     /// Sessions ended so far: levels taken in an older generation are gone.
     generation: u64,
+    /// The bound on each statement.
+    watch: Watch,
 }
 
 /// The row of [`sql::FIRST`]: tried (NULL if nothing was tried), pid, standby,
-/// `statement_timeout` in ms, whether settings are owed back.
-type FirstRow = (Option<bool>, i32, bool, i64, bool);
+/// `statement_timeout` as the server shows it, whether settings are owed back.
+type FirstRow = (Option<bool>, i32, bool, String, bool);
 
 impl<C: LockConnection> Session<C> {
     pub(crate) fn new(conn: C) -> Self {
@@ -180,6 +183,7 @@ impl<C: LockConnection> Session<C> {
             options: LockOptions::default(),
             reconnect: None,
             generation: 0,
+            watch: Watch::new(),
         }
     }
 
@@ -255,41 +259,43 @@ impl<C: LockConnection> Session<C> {
     /// `mode` unless `mode` is `None`. Returns whether it took the level.
     pub(crate) async fn first(&mut self, key: LockKey, mode: Option<LockMode>) -> Result<bool> {
         let configure = self.is_owned();
+        let mode = match mode {
+            None => 0_i32,
+            Some(LockMode::Exclusive) => 1,
+            Some(LockMode::Shared) => 2,
+        };
         let mut args = PgArguments::default();
-        add(&mut args, configure)?;
-        if configure {
-            let options = &self.options;
-            let check = options.get_client_connection_check_interval();
-            let keepalive = options.get_keepalive_idle();
-            add(&mut args, options.get_application_name().map(str::to_owned))?;
-            add(
-                &mut args,
-                (!check.is_zero()).then(|| format!("{}ms", check.as_millis())),
-            )?;
-            add(&mut args, format!("{}s", keepalive.as_secs()))?;
-            add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
-            add(&mut args, "0")?; // idle killers off; and what "off" reads as
-            add(&mut args, "3")?; // keepalive probes
-        } else {
-            for _ in 0..6 {
-                add(&mut args, None::<String>)?;
+        let sql = match configure {
+            true => {
+                let options = &self.options;
+                let check = options.get_client_connection_check_interval();
+                let keepalive = options.get_keepalive_idle();
+                add(&mut args, true)?;
+                add(&mut args, options.get_application_name().map(str::to_owned))?;
+                add(
+                    &mut args,
+                    (!check.is_zero()).then(|| format!("{}ms", check.as_millis())),
+                )?;
+                add(&mut args, format!("{}s", keepalive.as_secs()))?;
+                add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
+                add(&mut args, "0")?; // idle killers off; and what "off" reads as
+                add(&mut args, "3")?; // keepalive probes
+                add(&mut args, mode)?;
+                sql::FIRST
             }
-        }
-        add(
-            &mut args,
-            match mode {
-                None => 0_i32,
-                Some(LockMode::Exclusive) => 1,
-                Some(LockMode::Shared) => 2,
-            },
-        )?;
+            false => {
+                add(&mut args, mode)?;
+                sql::FIRST_BORROWED
+            }
+        };
         add_key(&mut args, key)?;
         let bound = Some(self.options.get_operation_timeout());
         let row: Option<FirstRow> = self
-            .query(key, Effect::Write, sql::FIRST.for_key(key), args, bound)
+            .query(key, Effect::Write, sql.for_key(key), args, bound)
             .await?;
-        let (taken, pid, standby, statement_timeout_ms, owed) =
+        let (taken, pid, standby, statement_timeout, owed) =
             row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
+        let statement_timeout_ms = setting_millis(&statement_timeout);
         if standby {
             // Nothing was taken. An owned session is let go of, so that the next attempt
             // asks a new one; a borrowed one runs its first statement again.
@@ -370,15 +376,44 @@ impl<C: LockConnection> Session<C> {
     where
         R: Send + Unpin + for<'r> sqlx::FromRow<'r, PgRow>,
     {
+        let watch = self.watch.clone();
         let mut statement = InFlight::begin(self, effect)?;
         let query = sqlx::query_as_with::<_, R, _>(sql, args).fetch_optional(statement.conn()?);
         let answer = match bound {
-            Some(limit) => timer::timeout(limit, query).await,
+            Some(limit) => watch.bound(limit, query).await,
             None => Some(query.await),
         };
         match answer {
             Some(result) => statement.finish(key, result),
             None => Err(statement.unanswered(key, bound.unwrap_or_default())),
+        }
+    }
+
+    /// Sends a statement whose one column is its value on the session's server session and
+    /// NULL anywhere else (`CASE WHEN pg_backend_pid() = $1 ...`), waiting at most `bound`
+    /// (`None`: a deliberate unbounded wait for a lock). A NULL means the statement ran on
+    /// another server session and did nothing there: [`Error::SessionNotPinned`].
+    pub(crate) async fn fetch_pinned<T>(
+        &mut self,
+        key: LockKey,
+        effect: Effect,
+        sql: &'static str,
+        args: PgArguments,
+        bound: Option<Duration>,
+    ) -> Result<T>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        let row: Option<(Option<T>,)> = self.query(key, effect, sql, args, bound).await?;
+        match row {
+            Some((Some(value),)) => Ok(value),
+            Some((None,)) => {
+                let first = self.facts.pid;
+                self.let_go("statements ran on two server sessions");
+                self.state = State::NotPinned { first, now: None };
+                Err(self.unusable(key))
+            }
+            None => Err(Error::Database(sqlx::Error::RowNotFound)),
         }
     }
 
@@ -396,10 +431,11 @@ impl<C: LockConnection> Session<C> {
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
     {
         let bound = self.options.get_operation_timeout();
+        let watch = self.watch.clone();
         let mut statement = InFlight::begin(self, effect)?;
         let query = sqlx::query_as_with::<_, (i64, Option<T>, i32), _>(sql, args)
             .fetch_all(statement.conn()?);
-        let rows = match timer::timeout(bound, query).await {
+        let rows = match watch.bound(bound, query).await {
             Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
             None => return Err(statement.unanswered(key, bound)),
         };
@@ -417,11 +453,12 @@ impl<C: LockConnection> Session<C> {
         let mut args = PgArguments::default();
         add(&mut args, pid)?;
         let bound = self.options.get_operation_timeout();
+        let watch = self.watch.clone();
         let mut statement = InFlight::begin(self, Effect::Read)?;
         let query =
             sqlx::query_as_with::<_, (i64, i64, i16, bool, i32), _>(sql::LANE_HOLDINGS, args)
                 .fetch_all(statement.conn()?);
-        let rows = match timer::timeout(bound, query).await {
+        let rows = match watch.bound(bound, query).await {
             Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
             None => return Err(statement.unanswered(key, bound)),
         };
@@ -523,6 +560,7 @@ impl<C: LockConnection> Session<C> {
             options: self.options.clone(),
             reconnect: self.reconnect.take(),
             generation: self.generation,
+            watch: self.watch.clone(),
         }
     }
 
@@ -648,6 +686,28 @@ pub(crate) fn lock_not_available(err: &Error) -> bool {
         if error::sqlstate(err).as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE))
 }
 
+/// A time setting as `current_setting` shows one (`0`, `250ms`, `30s`, `5min`, `2h`,
+/// `1d`), in milliseconds. Anything else reads as 1 ms: short enough that a timed wait
+/// lifts it rather than be cut short by it.
+fn setting_millis(shown: &str) -> i64 {
+    let digits = shown
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(shown.len());
+    let (number, unit) = shown.split_at(digits);
+    let Ok(number) = number.parse::<i64>() else {
+        return 1;
+    };
+    let per_unit: i64 = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return 1,
+    };
+    number.saturating_mul(per_unit)
+}
+
 /// Appends the key's bind parameters: one `bigint`, or the two `integer`s of a pair.
 fn add_key(args: &mut PgArguments, key: LockKey) -> Result<()> {
     match key {
@@ -721,5 +781,23 @@ impl<C: LockConnection> std::fmt::Debug for Session<C> {
             .field("pid", &self.facts.pid)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_settings_read_as_postgresql_shows_them() {
+        for (shown, millis) in [
+            ("0", 0),
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5min", 300_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("weird", 1),
+        ] {
+            assert_eq!(super::setting_millis(shown), millis, "{shown}");
+        }
     }
 }

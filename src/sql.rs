@@ -197,49 +197,49 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> i64 {
 /// Blocks until the exclusive level is granted; `true`.
 pub(crate) const LOCK: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_lock($2)::text = '' END, pg_backend_pid()",
+        THEN pg_advisory_lock($2)::text = '' END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_lock($2, $3)::text = '' END, pg_backend_pid()",
+        THEN pg_advisory_lock($2, $3)::text = '' END",
 };
 
 /// Blocks until the shared level is granted; `true`.
 pub(crate) const LOCK_SHARED: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_lock_shared($2)::text = '' END, pg_backend_pid()",
+        THEN pg_advisory_lock_shared($2)::text = '' END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_lock_shared($2, $3)::text = '' END, pg_backend_pid()",
+        THEN pg_advisory_lock_shared($2, $3)::text = '' END",
 };
 
 /// Takes the exclusive level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_try_advisory_lock($2) END, pg_backend_pid()",
+        THEN pg_try_advisory_lock($2) END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_try_advisory_lock($2, $3) END, pg_backend_pid()",
+        THEN pg_try_advisory_lock($2, $3) END",
 };
 
 /// Takes the shared level if it is free now; returns whether it did.
 pub(crate) const TRY_LOCK_SHARED: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_try_advisory_lock_shared($2) END, pg_backend_pid()",
+        THEN pg_try_advisory_lock_shared($2) END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_try_advisory_lock_shared($2, $3) END, pg_backend_pid()",
+        THEN pg_try_advisory_lock_shared($2, $3) END",
 };
 
 /// Releases one exclusive level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_unlock($2) END, pg_backend_pid()",
+        THEN pg_advisory_unlock($2) END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_unlock($2, $3) END, pg_backend_pid()",
+        THEN pg_advisory_unlock($2, $3) END",
 };
 
 /// Releases one shared level; false (with a server WARNING) if none was held.
 pub(crate) const UNLOCK_SHARED: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_unlock_shared($2) END, pg_backend_pid()",
+        THEN pg_advisory_unlock_shared($2) END",
     pair: "SELECT CASE WHEN pg_backend_pid() = $1 \
-        THEN pg_advisory_unlock_shared($2, $3) END, pg_backend_pid()",
+        THEN pg_advisory_unlock_shared($2, $3) END",
 };
 
 /// Releases exactly the levels this lock holds (`$n` exclusive, `$n+1` shared) in one
@@ -306,15 +306,14 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
      AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4), pg_backend_pid()";
 
 /// A session's first statement: everything the lock must learn about a session, done in
-/// the round trip of its first acquisition. It reports the server session
-/// (`pg_backend_pid()`, every later statement must run there), whether the server is a
-/// hot standby (`pg_is_in_recovery()`: then nothing is taken, see
-/// `Error::StandbyServer`), and the session's `statement_timeout` in milliseconds (0:
-/// none; it is armed when a statement starts, so a longer timed wait must lift it with a
-/// statement of its own first). Then, unless on a standby, it tries the key once in mode
-/// `$8` (1 exclusive, 2 shared, 0 nothing: a first statement that is not an
-/// acquisition). It never waits: a wait that a try cannot satisfy is the next statement,
-/// on a session that is then fully known.
+/// the round trip of its first acquisition. It tries the key once in mode `$8` (1
+/// exclusive, 2 shared, 0 nothing: a first statement that is not an acquisition), unless
+/// the server is a hot standby (`pg_is_in_recovery()`: then nothing is taken, see
+/// `Error::StandbyServer`); it never waits: a wait that a try cannot satisfy is the next
+/// statement, on a session that is then fully known. It reports the server session
+/// (`pg_backend_pid()`: every later statement must run there), whether it is a standby,
+/// and the session's `statement_timeout` as the server shows it (it is armed when a
+/// statement starts, so a longer timed wait must lift it with a statement of its own).
 ///
 /// With `$1` (an owned session) it also sets the session up, changing only what needs
 /// it. What is off is turned on, and left on at `close` (it only makes the server notice
@@ -324,74 +323,78 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
 /// `$5`, `$7` probes), so that a holder cut off without a FIN or RST loses its locks in
 /// about `$4 + $7 × $5` instead of the kernel's hours. What is on and would let a held
 /// lock go silently (`idle_session_timeout`, `idle_in_transaction_session_timeout`) is
-/// turned off (`$6`: `'0'`), and `application_name` is set if `$2` is not NULL: those
-/// are owed back, so the statement stashes the settings it found in the placeholder
-/// setting `pglock.restore` for [`RESTORE_SESSION`], and answers whether it did (the
-/// last column). The subquery `s` reads before `c` writes; both run before the try.
+/// turned off (`$6`: `'0'`, also what "off" reads as), and `application_name` is set if
+/// `$2` is not NULL: those are owed back, so the statement stashes the values it found in
+/// the placeholder setting `pglock.restore` for [`RESTORE_SESSION`], and answers whether
+/// it did (the fifth column). One level of select, its columns evaluated in order: the
+/// stash reads before the settings change.
 pub(crate) const FIRST: KeyedSql = KeyedSql {
-    bigint: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9) \
-            WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
-        pg_backend_pid(), s.standby, s.statement_timeout_ms, c.owed \
-        FROM (SELECT pg_is_in_recovery() AS standby, \
-              (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
-                  AS statement_timeout_ms, \
-              CASE WHEN $1 THEN ARRAY[current_setting('application_name'), \
-                  current_setting('idle_session_timeout', true), \
-                  current_setting('idle_in_transaction_session_timeout'), \
-                  current_setting('client_connection_check_interval', true), \
-                  current_setting('tcp_keepalives_idle'), \
-                  current_setting('tcp_keepalives_interval'), \
-                  current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
-        CROSS JOIN LATERAL (SELECT coalesce($1 AND ($2 IS NOT NULL \
-              OR coalesce(s.previous[2], $6) <> $6 OR s.previous[3] <> $6), false) AS owed \
-              OFFSET 0) AS o \
-        CROSS JOIN LATERAL (SELECT o.owed, CASE WHEN $1 THEN ARRAY[ \
-              CASE WHEN o.owed THEN set_config('pglock.restore', s.previous::text, false) END, \
-              CASE WHEN $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
-              CASE WHEN coalesce(s.previous[2], $6) <> $6 \
-                   THEN set_config('idle_session_timeout', $6, false) END, \
-              CASE WHEN s.previous[3] <> $6 \
-                   THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
-              CASE WHEN s.previous[4] = $6 AND $3 IS NOT NULL \
-                   THEN set_config('client_connection_check_interval', $3, false) END, \
-              CASE WHEN s.previous[5] = $6 THEN set_config('tcp_keepalives_idle', $4, false) END, \
-              CASE WHEN s.previous[6] = $6 \
-                   THEN set_config('tcp_keepalives_interval', $5, false) END, \
-              CASE WHEN s.previous[7] = $6 THEN set_config('tcp_keepalives_count', $7, false) END \
-              ] END AS applied FROM (SELECT 1) AS one OFFSET 0) AS c",
-    pair: "SELECT CASE WHEN s.standby THEN NULL WHEN $8 = 1 THEN pg_try_advisory_lock($9, $10) \
-            WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9, $10) END, \
-        pg_backend_pid(), s.standby, s.statement_timeout_ms, c.owed \
-        FROM (SELECT pg_is_in_recovery() AS standby, \
-              (EXTRACT(EPOCH FROM current_setting('statement_timeout')::interval) * 1000)::int8 \
-                  AS statement_timeout_ms, \
-              CASE WHEN $1 THEN ARRAY[current_setting('application_name'), \
-                  current_setting('idle_session_timeout', true), \
-                  current_setting('idle_in_transaction_session_timeout'), \
-                  current_setting('client_connection_check_interval', true), \
-                  current_setting('tcp_keepalives_idle'), \
-                  current_setting('tcp_keepalives_interval'), \
-                  current_setting('tcp_keepalives_count')] END AS previous OFFSET 0) AS s \
-        CROSS JOIN LATERAL (SELECT coalesce($1 AND ($2 IS NOT NULL \
-              OR coalesce(s.previous[2], $6) <> $6 OR s.previous[3] <> $6), false) AS owed \
-              OFFSET 0) AS o \
-        CROSS JOIN LATERAL (SELECT o.owed, CASE WHEN $1 THEN ARRAY[ \
-              CASE WHEN o.owed THEN set_config('pglock.restore', s.previous::text, false) END, \
-              CASE WHEN $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
-              CASE WHEN coalesce(s.previous[2], $6) <> $6 \
-                   THEN set_config('idle_session_timeout', $6, false) END, \
-              CASE WHEN s.previous[3] <> $6 \
-                   THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
-              CASE WHEN s.previous[4] = $6 AND $3 IS NOT NULL \
-                   THEN set_config('client_connection_check_interval', $3, false) END, \
-              CASE WHEN s.previous[5] = $6 THEN set_config('tcp_keepalives_idle', $4, false) END, \
-              CASE WHEN s.previous[6] = $6 \
-                   THEN set_config('tcp_keepalives_interval', $5, false) END, \
-              CASE WHEN s.previous[7] = $6 THEN set_config('tcp_keepalives_count', $7, false) END \
-              ] END AS applied FROM (SELECT 1) AS one OFFSET 0) AS c",
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN $8 = 1 THEN pg_try_advisory_lock($9) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
+        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), \
+        $1 AND ($2 IS NOT NULL OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+            OR current_setting('idle_in_transaction_session_timeout') <> $6), \
+        CASE WHEN $1 AND ($2 IS NOT NULL \
+                OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+                OR current_setting('idle_in_transaction_session_timeout') <> $6) \
+            THEN set_config('pglock.restore', ARRAY[current_setting('application_name'), \
+                current_setting('idle_session_timeout', true), \
+                current_setting('idle_in_transaction_session_timeout')]::text, false) END, \
+        CASE WHEN $1 AND $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
+        CASE WHEN $1 AND coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+            THEN set_config('idle_session_timeout', $6, false) END, \
+        CASE WHEN $1 AND current_setting('idle_in_transaction_session_timeout') <> $6 \
+            THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
+        CASE WHEN $1 AND $3 IS NOT NULL \
+                AND current_setting('client_connection_check_interval', true) = $6 \
+            THEN set_config('client_connection_check_interval', $3, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_idle') = $6 \
+            THEN set_config('tcp_keepalives_idle', $4, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_interval') = $6 \
+            THEN set_config('tcp_keepalives_interval', $5, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_count') = $6 \
+            THEN set_config('tcp_keepalives_count', $7, false) END",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN $8 = 1 THEN pg_try_advisory_lock($9, $10) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9, $10) END, \
+        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), \
+        $1 AND ($2 IS NOT NULL OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+            OR current_setting('idle_in_transaction_session_timeout') <> $6), \
+        CASE WHEN $1 AND ($2 IS NOT NULL \
+                OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+                OR current_setting('idle_in_transaction_session_timeout') <> $6) \
+            THEN set_config('pglock.restore', ARRAY[current_setting('application_name'), \
+                current_setting('idle_session_timeout', true), \
+                current_setting('idle_in_transaction_session_timeout')]::text, false) END, \
+        CASE WHEN $1 AND $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
+        CASE WHEN $1 AND coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
+            THEN set_config('idle_session_timeout', $6, false) END, \
+        CASE WHEN $1 AND current_setting('idle_in_transaction_session_timeout') <> $6 \
+            THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
+        CASE WHEN $1 AND $3 IS NOT NULL \
+                AND current_setting('client_connection_check_interval', true) = $6 \
+            THEN set_config('client_connection_check_interval', $3, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_idle') = $6 \
+            THEN set_config('tcp_keepalives_idle', $4, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_interval') = $6 \
+            THEN set_config('tcp_keepalives_interval', $5, false) END, \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_count') = $6 \
+            THEN set_config('tcp_keepalives_count', $7, false) END",
 };
 
-/// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
+/// [`FIRST`] for a borrowed session, which is never set up: the try, the server session,
+/// the standby check and `statement_timeout` only (`$1`: the mode, as `$8` there).
+pub(crate) const FIRST_BORROWED: KeyedSql = KeyedSql {
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN $1 = 1 THEN pg_try_advisory_lock($2) \
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2) END, \
+        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN $1 = 1 THEN pg_try_advisory_lock($2, $3) \
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2, $3) END, \
+        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false",
+};
+
+/// Puts back what [`FIRST`] owed/// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
 /// timeouts it turned off), from its stash, before a pool connection goes back to its
 /// pool. The probes it turned on stay on.
 pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \
