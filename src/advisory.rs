@@ -443,7 +443,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
         outcome.map_err(|failed| {
             // A call that fails anyway says so if it found levels lost on the way.
             self.sync_with_session();
-            match self.lost != lost_before {
+            match self.lost != lost_before && !matches!(failed.err, Error::SessionNotPinned { .. })
+            {
                 true => self.lost_error(),
                 false => failed.err,
             }
@@ -544,18 +545,21 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     async fn release(&mut self, mode: LockMode) -> Result<()> {
-        if self.session.is_closed() {
-            return Err(Error::Closed);
+        if let Some(refused) = self.session.refused(self.key) {
+            return Err(refused);
         }
         self.sync_with_session();
         if self.held.of(mode) == 0 {
             // Levels are a stack per mode: with no live level left, an unlock pairs with
             // a lost one, if any.
             return match self.lost.of(mode) {
-                0 => Err(Error::NotHeld {
-                    key: self.key,
-                    mode,
-                }),
+                0 => Err(self
+                    .session
+                    .refused_for_good(self.key)
+                    .unwrap_or(Error::NotHeld {
+                        key: self.key,
+                        mode,
+                    })),
                 _ => {
                     *self.lost.of_mut(mode) -= 1;
                     Err(Error::LockLost { key: self.key })
@@ -778,7 +782,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// The error to report for a failed operation: [`Error::LockLost`] if it cost levels.
     fn settle(&mut self, err: Error) -> Error {
-        match self.newly_lost() {
+        // A pooling proxy is what to hear of, levels or not: nothing works through it.
+        match self.newly_lost() && !matches!(err, Error::SessionNotPinned { .. }) {
             true => self.lost_error(),
             false => err,
         }

@@ -608,6 +608,25 @@ impl<C: LockConnection> Session<C> {
         Ok(())
     }
 
+    /// `Closed` if `close` ran: every operation then says so first.
+    pub(crate) fn refused(&self, key: LockKey) -> Option<Error> {
+        match self.state {
+            State::Closed => Some(self.unusable(key)),
+            _ => None,
+        }
+    }
+
+    /// Why the lock can never use a session again (closed, interrupted, not pinned):
+    /// what an unlock with nothing left to release says rather than `NotHeld`.
+    pub(crate) fn refused_for_good(&self, key: LockKey) -> Option<Error> {
+        match self.state {
+            State::Closed | State::Interrupted | State::NotPinned { .. } => {
+                Some(self.unusable(key))
+            }
+            _ => None,
+        }
+    }
+
     /// Why a session in its current state cannot run a statement.
     pub(crate) fn unusable(&self, key: LockKey) -> Error {
         match self.state {
