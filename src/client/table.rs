@@ -54,6 +54,8 @@ struct Op {
     outcome: Option<Result<bool>>,
     /// The task that asked is gone: apply the outcome, then forget the operation.
     abandoned: bool,
+    /// A try sent once already on a session found gone: not sent again.
+    retried: bool,
 }
 
 /// Where a key's server levels of one mode stand.
@@ -289,6 +291,7 @@ impl Table {
                 lane,
                 outcome: None,
                 abandoned: false,
+                retried: false,
             },
         );
         self.lanes[lane].queue.push_back(id);
@@ -354,6 +357,7 @@ impl Table {
                         lane,
                         outcome: None,
                         abandoned: false,
+                        retried: false,
                     },
                 );
                 self.set(key, mode, Server::Waiting(op));
@@ -475,6 +479,7 @@ impl Table {
                 lane: lane.min(self.lanes.len().saturating_sub(1)),
                 outcome: None,
                 abandoned: false,
+                retried: false,
             },
         );
         for key in keys {
@@ -793,18 +798,36 @@ impl Table {
             }
             (Err(err), _) => {
                 self.lanes[lane].io = Io::Closed;
+                // A try on a session found gone took nothing that survives: it runs once
+                // more, on the lane's next session (as an AdvisoryLock's does).
+                let again = session::found_gone(&err);
+                let mut retry = Vec::new();
                 for id in sent {
                     let Some(op) = self.ops.get(&id) else {
                         continue;
                     };
+                    let key = op.key;
+                    let try_again = again
+                        && !op.retried
+                        && matches!(op.kind, OpKind::Try(_) | OpKind::TryAll { .. });
                     // An operation on a key whose levels the lane held: they are lost.
-                    let answer = match self.keys.get(&op.key) {
-                        Some(backing) if backing.lane == lane => Error::LockLost { key: op.key },
-                        _ => copy_error(&err, op.key),
+                    let answer = match self.has_levels(key, lane) {
+                        true => Error::LockLost { key },
+                        false if try_again => {
+                            retry.push(id);
+                            continue;
+                        }
+                        false => copy_error(&err, key),
                     };
                     self.settle(id, Err(answer));
                 }
                 self.lose_lane(lane, shared, &err);
+                for id in retry.into_iter().rev() {
+                    if let Some(op) = self.ops.get_mut(&id) {
+                        op.retried = true;
+                    }
+                    self.lanes[lane].queue.push_front(id);
+                }
             }
         }
         if self.lanes[lane].extra
@@ -941,14 +964,25 @@ impl Table {
         }
     }
 
+    /// Whether the client holds levels of `key` on `lane` (held, or being given back).
+    fn has_levels(&self, key: LockKey, lane: LaneId) -> bool {
+        self.keys.get(&key).is_some_and(|b| {
+            b.lane == lane
+                && b.modes
+                    .iter()
+                    .any(|m| matches!(m.server, Server::Held | Server::Releasing { .. }))
+        })
+    }
+
     /// A lane's session is gone: every level on it is lost, for every local lock that
-    /// held it; operations still queued for it fail.
+    /// held it; operations still queued for it fail. Keys of the lane without levels on
+    /// it (a try on its way, a wait on a session of its own) lose nothing.
     fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
         let keys: Vec<LockKey> = self
             .keys
-            .iter()
-            .filter(|(_, b)| b.lane == lane)
-            .map(|(key, _)| *key)
+            .keys()
+            .filter(|key| self.has_levels(**key, lane))
+            .copied()
             .collect();
         for key in &keys {
             shared.local.lose(*key);
