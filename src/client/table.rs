@@ -56,6 +56,9 @@ struct Op {
     abandoned: bool,
     /// A try sent once already on a session found gone: not sent again.
     retried: bool,
+    /// How many tasks will collect the outcome: the one that asked, and every lock that
+    /// joined it (a shared try, a wait, a liveness check). Each gets the answer.
+    waiters: u32,
 }
 
 /// Where a key's server levels of one mode stand.
@@ -292,6 +295,7 @@ impl Table {
                 outcome: None,
                 abandoned: false,
                 retried: false,
+                waiters: 1,
             },
         );
         self.lanes[lane].queue.push_back(id);
@@ -307,8 +311,8 @@ impl Table {
         m.holders += 1;
         match m.server {
             Server::Held => Backed::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(op),
-            Server::Releasing { then: Some(op), .. } => Backed::Pending(op),
+            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(self.join(op)),
+            Server::Releasing { then: Some(op), .. } => Backed::Pending(self.join(op)),
             Server::Releasing { unlock, then: None } => {
                 // Behind the release on the same lane: the server sees them in order.
                 let op = self.push(OpKind::Try(mode), key, lane);
@@ -344,8 +348,8 @@ impl Table {
         let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
         match backing.mode(mode).server {
             Server::Held => WaitStart::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(op),
-            Server::Releasing { then: Some(op), .. } => WaitStart::Join(op),
+            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(self.join(op)),
+            Server::Releasing { then: Some(op), .. } => WaitStart::Join(self.join(op)),
             Server::Releasing { then: None, .. } | Server::Free => {
                 self.next_op += 1;
                 let op = self.next_op;
@@ -358,6 +362,8 @@ impl Table {
                         outcome: None,
                         abandoned: false,
                         retried: false,
+                        // The waiting lock has its own answer; only joiners collect.
+                        waiters: 0,
                     },
                 );
                 self.set(key, mode, Server::Waiting(op));
@@ -392,7 +398,7 @@ impl Table {
             (false, None) => {}
         }
         match self.ops.get_mut(&op) {
-            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(entry) if entry.waiters > 0 => entry.outcome = Some(Ok(granted)),
             Some(_) => {
                 self.ops.remove(&op);
             }
@@ -480,6 +486,7 @@ impl Table {
                 outcome: None,
                 abandoned: false,
                 retried: false,
+                waiters: 0,
             },
         );
         for key in keys {
@@ -515,7 +522,7 @@ impl Table {
             }
         }
         match self.ops.get_mut(&op) {
-            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(entry) if entry.waiters > 0 => entry.outcome = Some(Ok(granted)),
             Some(_) => {
                 self.ops.remove(&op);
             }
@@ -540,7 +547,10 @@ impl Table {
             .chain(&self.lanes[lane].sent)
             .find(|id| matches!(self.ops.get(id), Some(op) if matches!(op.kind, OpKind::Alive)))
             .copied();
-        Some(pending.unwrap_or_else(|| self.push(OpKind::Alive, key, lane)))
+        Some(match pending {
+            Some(op) => self.join(op),
+            None => self.push(OpKind::Alive, key, lane),
+        })
     }
 
     /// Queues a liveness check on every lane that has a session.
@@ -642,17 +652,40 @@ impl Table {
             .is_some_and(|b| b.modes[index(mode)].server == Server::Held)
     }
 
-    /// Takes the answer of `op`, once there is one.
+    /// One more task collects the outcome of `op` (still on its way).
+    fn join(&mut self, op: OpId) -> OpId {
+        if let Some(entry) = self.ops.get_mut(&op) {
+            entry.waiters += 1;
+            entry.abandoned = false;
+        }
+        op
+    }
+
+    /// Takes the answer of `op`, once there is one: a copy while other tasks that joined
+    /// it have yet to collect theirs.
     pub(super) fn take(&mut self, op: OpId) -> Option<Result<bool>> {
-        let outcome = self.ops.get_mut(&op)?.outcome.take()?;
+        let entry = self.ops.get_mut(&op)?;
+        if entry.waiters > 1 {
+            let copy = match entry.outcome.as_ref()? {
+                Ok(value) => Ok(*value),
+                Err(err) => Err(copy_error(err, entry.key)),
+            };
+            entry.waiters -= 1;
+            return Some(copy);
+        }
+        let outcome = entry.outcome.take()?;
         self.ops.remove(&op);
         Some(outcome)
     }
 
-    /// The task that waited for `op` is gone: its answer, when it comes, is applied
-    /// without it.
+    /// A task that waited for `op` is gone: once none is left, its answer, when it
+    /// comes, is applied without them.
     pub(super) fn abandon(&mut self, op: OpId) {
         if let Some(entry) = self.ops.get_mut(&op) {
+            entry.waiters = entry.waiters.saturating_sub(1);
+            if entry.waiters > 0 {
+                return;
+            }
             match entry.outcome {
                 Some(_) => {
                     self.ops.remove(&op);
