@@ -863,7 +863,8 @@ fn a_wait_runs_on_a_session_of_its_own_lanes_keep_answering_and_a_granted_wait_s
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(2));
         spawn_driver(&client);
         let key = support::key("client/waits/held");
-        let busy = lanes::keys("client/waits/busy", 4);
+        let mut busy = lanes::keys_on_lane("client/waits/busy", 0, 2, 2);
+        busy.extend(lanes::keys_on_lane("client/waits/busy", 1, 2, 2));
         let (mut plain, plain_pid) = plain_holder(key).await;
         let mut workers: Vec<ClientLock> = busy.iter().map(|k| client.lock(*k)).collect();
         for w in &mut workers {
