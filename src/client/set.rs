@@ -236,7 +236,8 @@ impl Taking {
 
 impl Drop for Taking {
     fn drop(&mut self) {
-        let backed = std::mem::take(&mut self.backed);
+        // `unback` finds each key in `self.backed`: pass a copy, not the taken list.
+        let backed = self.backed.clone();
         self.unback(&backed);
         for (_, member) in &mut self.members {
             member.end();

@@ -55,6 +55,11 @@ struct Op {
     outcome: Option<Result<bool>>,
     /// The task that asked is gone: apply the outcome, then forget the operation.
     abandoned: bool,
+    /// A try sent once already on a session found gone: not sent again.
+    retried: bool,
+    /// How many tasks will collect the outcome: the one that asked, and every lock that
+    /// joined it (a shared try, a wait, a liveness check). Each gets the answer.
+    waiters: u32,
 }
 
 /// Where a key's server levels of one mode stand.
@@ -290,6 +295,8 @@ impl Table {
                 lane,
                 outcome: None,
                 abandoned: false,
+                retried: false,
+                waiters: 1,
             },
         );
         self.lanes[lane].queue.push_back(id);
@@ -305,8 +312,8 @@ impl Table {
         m.holders += 1;
         match m.server {
             Server::Held => Backed::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(op),
-            Server::Releasing { then: Some(op), .. } => Backed::Pending(op),
+            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(self.join(op)),
+            Server::Releasing { then: Some(op), .. } => Backed::Pending(self.join(op)),
             Server::Releasing { unlock, then: None } => {
                 // Behind the release on the same lane: the server sees them in order.
                 let op = self.push(OpKind::Try(mode), key, lane);
@@ -342,8 +349,8 @@ impl Table {
         let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
         match backing.mode(mode).server {
             Server::Held => WaitStart::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(op),
-            Server::Releasing { then: Some(op), .. } => WaitStart::Join(op),
+            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(self.join(op)),
+            Server::Releasing { then: Some(op), .. } => WaitStart::Join(self.join(op)),
             Server::Releasing { then: None, .. } | Server::Free => {
                 self.next_op += 1;
                 let op = self.next_op;
@@ -355,6 +362,9 @@ impl Table {
                         lane,
                         outcome: None,
                         abandoned: false,
+                        retried: false,
+                        // The waiting lock has its own answer; only joiners collect.
+                        waiters: 0,
                     },
                 );
                 self.set(key, mode, Server::Waiting(op));
@@ -389,7 +399,7 @@ impl Table {
             (false, None) => {}
         }
         match self.ops.get_mut(&op) {
-            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(entry) if entry.waiters > 0 => entry.outcome = Some(Ok(granted)),
             Some(_) => {
                 self.ops.remove(&op);
             }
@@ -476,6 +486,8 @@ impl Table {
                 lane: lane.min(self.lanes.len().saturating_sub(1)),
                 outcome: None,
                 abandoned: false,
+                retried: false,
+                waiters: 0,
             },
         );
         for key in keys {
@@ -511,7 +523,7 @@ impl Table {
             }
         }
         match self.ops.get_mut(&op) {
-            Some(entry) if !entry.abandoned => entry.outcome = Some(Ok(granted)),
+            Some(entry) if entry.waiters > 0 => entry.outcome = Some(Ok(granted)),
             Some(_) => {
                 self.ops.remove(&op);
             }
@@ -536,7 +548,10 @@ impl Table {
             .chain(&self.lanes[lane].sent)
             .find(|id| matches!(self.ops.get(id), Some(op) if matches!(op.kind, OpKind::Alive)))
             .copied();
-        Some(pending.unwrap_or_else(|| self.push(OpKind::Alive, key, lane)))
+        Some(match pending {
+            Some(op) => self.join(op),
+            None => self.push(OpKind::Alive, key, lane),
+        })
     }
 
     /// Queues a liveness check on every lane that has a session.
@@ -638,17 +653,40 @@ impl Table {
             .is_some_and(|b| b.modes[index(mode)].server == Server::Held)
     }
 
-    /// Takes the answer of `op`, once there is one.
+    /// One more task collects the outcome of `op` (still on its way).
+    fn join(&mut self, op: OpId) -> OpId {
+        if let Some(entry) = self.ops.get_mut(&op) {
+            entry.waiters += 1;
+            entry.abandoned = false;
+        }
+        op
+    }
+
+    /// Takes the answer of `op`, once there is one: a copy while other tasks that joined
+    /// it have yet to collect theirs.
     pub(super) fn take(&mut self, op: OpId) -> Option<Result<bool>> {
-        let outcome = self.ops.get_mut(&op)?.outcome.take()?;
+        let entry = self.ops.get_mut(&op)?;
+        if entry.waiters > 1 {
+            let copy = match entry.outcome.as_ref()? {
+                Ok(value) => Ok(*value),
+                Err(err) => Err(copy_error(err, entry.key)),
+            };
+            entry.waiters -= 1;
+            return Some(copy);
+        }
+        let outcome = entry.outcome.take()?;
         self.ops.remove(&op);
         Some(outcome)
     }
 
-    /// The task that waited for `op` is gone: its answer, when it comes, is applied
-    /// without it.
+    /// A task that waited for `op` is gone: once none is left, its answer, when it
+    /// comes, is applied without them.
     pub(super) fn abandon(&mut self, op: OpId) {
         if let Some(entry) = self.ops.get_mut(&op) {
+            entry.waiters = entry.waiters.saturating_sub(1);
+            if entry.waiters > 0 {
+                return;
+            }
             match entry.outcome {
                 Some(_) => {
                     self.ops.remove(&op);
@@ -794,18 +832,36 @@ impl Table {
             }
             (Err(err), _) => {
                 self.lanes[lane].io = Io::Closed;
+                // A try on a session found gone took nothing that survives: it runs once
+                // more, on the lane's next session (as an AdvisoryLock's does).
+                let again = session::found_gone(&err);
+                let mut retry = Vec::new();
                 for id in sent {
                     let Some(op) = self.ops.get(&id) else {
                         continue;
                     };
+                    let key = op.key;
+                    let try_again = again
+                        && !op.retried
+                        && matches!(op.kind, OpKind::Try(_) | OpKind::TryAll { .. });
                     // An operation on a key whose levels the lane held: they are lost.
-                    let answer = match self.keys.get(&op.key) {
-                        Some(backing) if backing.lane == lane => Error::LockLost { key: op.key },
-                        _ => copy_error(&err, op.key),
+                    let answer = match self.has_levels(key, lane) {
+                        true => Error::LockLost { key },
+                        false if try_again => {
+                            retry.push(id);
+                            continue;
+                        }
+                        false => copy_error(&err, key),
                     };
                     self.settle(id, Err(answer));
                 }
                 self.lose_lane(lane, shared, &err);
+                for id in retry.into_iter().rev() {
+                    if let Some(op) = self.ops.get_mut(&id) {
+                        op.retried = true;
+                    }
+                    self.lanes[lane].queue.push_front(id);
+                }
             }
         }
         if self.lanes[lane].extra
@@ -942,14 +998,25 @@ impl Table {
         }
     }
 
+    /// Whether the client holds levels of `key` on `lane` (held, or being given back).
+    fn has_levels(&self, key: LockKey, lane: LaneId) -> bool {
+        self.keys.get(&key).is_some_and(|b| {
+            b.lane == lane
+                && b.modes
+                    .iter()
+                    .any(|m| matches!(m.server, Server::Held | Server::Releasing { .. }))
+        })
+    }
+
     /// A lane's session is gone: every level on it is lost, for every local lock that
-    /// held it; operations still queued for it fail.
+    /// held it; operations still queued for it fail. Keys of the lane without levels on
+    /// it (a try on its way, a wait on a session of its own) lose nothing.
     fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
         let keys: Vec<LockKey> = self
             .keys
-            .iter()
-            .filter(|(_, b)| b.lane == lane)
-            .map(|(key, _)| *key)
+            .keys()
+            .filter(|key| self.has_levels(**key, lane))
+            .copied()
             .collect();
         for key in &keys {
             if let Some(backing) = self.keys.remove(key) {

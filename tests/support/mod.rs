@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod examples;
+pub mod lanes;
 pub mod rt;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,190 @@
+//! Looking at a `LockClient` from outside: which lane a key goes to, what `pg_locks` shows
+//! for many keys at once, which backends hold them, and ending one of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use pglock::LockKey;
+use sqlx::Connection;
+
+use super::{connect_at, database_url, eventually};
+
+/// The lane of `lanes` a key the client does not hold yet goes to: the client's own
+/// spreading (`lane_for` in `src/client/table.rs`), copied so that a test can pick keys
+/// that share a lane or do not. Tests that rely on it check it against `pg_locks` (keys
+/// of one lane are held by one backend).
+pub fn lane_of(key: LockKey, lanes: usize) -> usize {
+    let hash = match key {
+        LockKey::BigInt(k) => k as u64,
+        LockKey::IntPair(a, b) => ((a as u64) << 32) ^ (b as u32 as u64),
+    };
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % lanes
+}
+
+/// `n` keys no other test uses.
+pub fn keys(test: &str, n: usize) -> Vec<LockKey> {
+    (0..n).map(|i| super::key(&format!("{test}/{i}"))).collect()
+}
+
+/// `n` keys no other test uses that all go to lane `lane` of `lanes`.
+pub fn keys_on_lane(test: &str, lane: usize, lanes: usize, n: usize) -> Vec<LockKey> {
+    (0..)
+        .map(|i| super::key(&format!("{test}/lane-{lane}/{i}")))
+        .filter(|key| lane_of(*key, lanes) == lane)
+        .take(n)
+        .collect()
+}
+
+/// One advisory row of `pg_locks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    pub key: LockKey,
+    pub pid: i32,
+    pub exclusive: bool,
+    pub granted: bool,
+}
+
+/// Every advisory row of `pg_locks` on the test database for one of `keys`.
+pub async fn rows(keys: &[LockKey]) -> Vec<Row> {
+    rows_at(&database_url(), keys).await
+}
+
+/// Every advisory row of `pg_locks` at `url` for one of `keys`.
+pub async fn rows_at(url: &str, keys: &[LockKey]) -> Vec<Row> {
+    let wanted: BTreeSet<LockKey> = keys.iter().copied().collect();
+    let mut conn = connect_at(url).await;
+    let all: Vec<(i64, i64, i16, i32, bool, bool)> = sqlx::query_as(
+        "SELECT classid::int8, objid::int8, objsubid, pid, mode = 'ExclusiveLock', granted \
+         FROM pg_locks WHERE locktype = 'advisory'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    let mut rows: Vec<Row> = all
+        .into_iter()
+        .filter_map(|(classid, objid, objsubid, pid, exclusive, granted)| {
+            let key = LockKey::from_pg_locks_ids(
+                u32::try_from(classid).ok()?,
+                u32::try_from(objid).ok()?,
+                objsubid,
+            )?;
+            wanted.contains(&key).then_some(Row {
+                key,
+                pid,
+                exclusive,
+                granted,
+            })
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The keys of `keys` some session holds (granted), with the backends holding each.
+pub async fn held(keys: &[LockKey]) -> BTreeMap<LockKey, BTreeSet<i32>> {
+    let mut held: BTreeMap<LockKey, BTreeSet<i32>> = BTreeMap::new();
+    for row in rows(keys).await.into_iter().filter(|r| r.granted) {
+        held.entry(row.key).or_default().insert(row.pid);
+    }
+    held
+}
+
+/// The backends that hold one of `keys`.
+pub async fn holder_pids(keys: &[LockKey]) -> BTreeSet<i32> {
+    rows(keys)
+        .await
+        .into_iter()
+        .filter(|r| r.granted)
+        .map(|r| r.pid)
+        .collect()
+}
+
+/// The backends that wait for one of `keys`.
+pub async fn waiter_pids(keys: &[LockKey]) -> BTreeSet<i32> {
+    rows(keys)
+        .await
+        .into_iter()
+        .filter(|r| !r.granted)
+        .map(|r| r.pid)
+        .collect()
+}
+
+/// Whether nobody holds or waits for any of `keys`.
+pub async fn untouched(keys: &[LockKey]) -> bool {
+    rows(keys).await.is_empty()
+}
+
+/// `pg_terminate_backend(pid)` from a session of our own, waiting (up to 10 s) until the
+/// backend is gone.
+pub async fn terminate(pid: i32) {
+    let mut conn = super::connect().await;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_terminate_backend");
+    let _ = conn.close().await;
+    assert!(ended, "pg_terminate_backend({pid})");
+    eventually(
+        Duration::from_secs(10),
+        "a terminated backend is gone",
+        || async move { !super::backend_alive(pid).await },
+    )
+    .await;
+}
+
+/// Every future, polled side by side on this task; their outputs in order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => Poll::Pending,
+            false => Poll::Ready(()),
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+/// A fixed-seed xorshift64 generator: the same schedule on every run.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration of `from..=to` ms.
+    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
