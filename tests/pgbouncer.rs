@@ -630,6 +630,57 @@ fn transaction_scoped_locks_work_through_transaction_pooling() {
     });
 }
 
+/// A `LockClient`'s lanes are sessions like an `AdvisoryLock`'s: through PgBouncer in
+/// transaction mode its locks are refused with `SessionNotPinned` within a few
+/// operations, and the client's own record never claims a level it does not hold where
+/// its lane's statements ran.
+#[test]
+fn lock_client_through_transaction_pooling_is_refused_with_session_not_pinned() {
+    if bouncer::required().is_none() {
+        return;
+    }
+    rt::run(async {
+        let bouncer = PgBouncer::transaction_pooling(&support::database_url(), &[]);
+        let pool = pool_through(&bouncer, true).await;
+        warm_two_server_sessions(&pool).await;
+        let client = pglock::LockClient::new(&pool);
+        let mut refused = None;
+        let mut results = Vec::new();
+        for n in 0..MAX_OPS {
+            let key = support::key(&format!("pgbouncer/client/{n}"));
+            let mut lock = client.lock(key);
+            match bounded("ClientLock::try_lock", lock.try_lock()).await {
+                Err(err @ Error::SessionNotPinned { .. }) => {
+                    refused = Some((n, err));
+                    break;
+                }
+                Ok(true) => match bounded("ClientLock::unlock", lock.unlock()).await {
+                    Err(err @ Error::SessionNotPinned { .. }) => {
+                        refused = Some((n, err));
+                        break;
+                    }
+                    other => results.push(format!("try_lock Ok(true), unlock {other:?}")),
+                },
+                Err(err) if prepared_statement_mixup(&err) => results.push(format!("{err}")),
+                other => {
+                    panic!("LockClient through PgBouncer, op {n}: {other:?}; before: {results:?}")
+                }
+            }
+        }
+        let (n, err) = refused.unwrap_or_else(|| {
+            panic!("{MAX_OPS} operations of a LockClient through PgBouncer without SessionNotPinned: {results:?}")
+        });
+        println!(
+            "[{}] LockClient through PgBouncer: refused at operation {} ({err})",
+            rt::NAME,
+            n + 1
+        );
+        assert!(err.to_string().contains("pglock::xact"), "{err}");
+        drop(client);
+        bounded("pool close", pool.close()).await;
+    });
+}
+
 /// When the suite runs, PgBouncer answers `--version`; when it is required
 /// (`PGLOCK_REQUIRE_PGBOUNCER=1`), a missing binary fails here with the package to install.
 #[test]
