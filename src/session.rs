@@ -417,6 +417,27 @@ impl<C: LockConnection> Session<C> {
         }
     }
 
+    /// Sends one statement and reads all its rows, waiting at most the operation timeout.
+    async fn query_all<R>(
+        &mut self,
+        key: LockKey,
+        effect: Effect,
+        sql: &'static str,
+        args: PgArguments,
+    ) -> Result<Vec<R>>
+    where
+        R: Send + Unpin + for<'r> sqlx::FromRow<'r, PgRow>,
+    {
+        let bound = self.options.get_operation_timeout();
+        let watch = self.watch.clone();
+        let mut statement = InFlight::begin(self, effect)?;
+        let query = sqlx::query_as_with::<_, R, _>(sql, args).fetch_all(statement.conn()?);
+        match watch.bound(bound, query).await {
+            Some(result) => Ok(statement.finish(key, result.map(Some))?.unwrap_or_default()),
+            None => Err(statement.unanswered(key, bound)),
+        }
+    }
+
     /// Sends a statement whose rows are `(number, value, pg_backend_pid())`, waiting at
     /// most the operation timeout, and checks that every row ran on the session's server
     /// session. Returns `(number, value)` per row.
@@ -430,15 +451,7 @@ impl<C: LockConnection> Session<C> {
     where
         T: Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
     {
-        let bound = self.options.get_operation_timeout();
-        let watch = self.watch.clone();
-        let mut statement = InFlight::begin(self, effect)?;
-        let query = sqlx::query_as_with::<_, (i64, Option<T>, i32), _>(sql, args)
-            .fetch_all(statement.conn()?);
-        let rows = match watch.bound(bound, query).await {
-            Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
-            None => return Err(statement.unanswered(key, bound)),
-        };
+        let rows: Vec<(i64, Option<T>, i32)> = self.query_all(key, effect, sql, args).await?;
         let mut values = Vec::with_capacity(rows.len());
         for (number, value, pid) in rows {
             self.check_pinned(key, pid)?;
@@ -452,16 +465,9 @@ impl<C: LockConnection> Session<C> {
         let pid = self.facts.pid.ok_or(Error::Disconnected { key })?;
         let mut args = PgArguments::default();
         add(&mut args, pid)?;
-        let bound = self.options.get_operation_timeout();
-        let watch = self.watch.clone();
-        let mut statement = InFlight::begin(self, Effect::Read)?;
-        let query =
-            sqlx::query_as_with::<_, (i64, i64, i16, bool, i32), _>(sql::LANE_HOLDINGS, args)
-                .fetch_all(statement.conn()?);
-        let rows = match watch.bound(bound, query).await {
-            Some(result) => statement.finish(key, result.map(Some))?.unwrap_or_default(),
-            None => return Err(statement.unanswered(key, bound)),
-        };
+        let rows: Vec<(i64, i64, i16, bool, i32)> = self
+            .query_all(key, Effect::Read, sql::LANE_HOLDINGS, args)
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(classid, objid, objsubid, exclusive, _)| {

@@ -321,7 +321,9 @@ impl Reservation<'_> {
                 WaitStart::Shared => Ok(true),
                 WaitStart::Join(op) => inner.complete(op).await,
                 WaitStart::Start(op) => {
-                    let waited = wait_alone(&inner, key, self.mode, wait, op).await;
+                    // Boxed: a rare path, whose future (a whole AdvisoryLock's) would
+                    // otherwise weigh on every acquisition's.
+                    let waited = Box::pin(wait_alone(&inner, key, self.mode, wait, op)).await;
                     match waited {
                         // Timed out: nothing more to wait for.
                         Ok(false) => return Ok(false),
