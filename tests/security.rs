@@ -80,8 +80,8 @@ const ALLOWED: [(&str, &str, usize, &str); 6] = [
     (
         "src/timer.rs",
         "OnceLock",
-        3,
-        "imported, and the static that holds the timer",
+        5,
+        "imported, the static that holds the timer, and the instant deadlines count from",
     ),
     (
         "src/migrate.rs",
@@ -337,6 +337,7 @@ async fn bad(conn: &mut PgConnection, name: &str, text: String) {
 }
 "#;
     let timer_rs = "use std::sync::OnceLock;\n\
+                    static EPOCH: OnceLock<Instant> = OnceLock::new();\n\
                     static TIMER: OnceLock<&'static Timer> = OnceLock::new();\n";
     let files = [
         ("src/sql.rs", sql_rs),
@@ -376,12 +377,12 @@ async fn bad(conn: &mut PgConnection, name: &str, text: String) {
     expect("src/advisory.rs:21", "include_str!");
     expect("src/advisory.rs:22", "select");
     expect("src/advisory.rs:23", "concat!");
-    // An allowance is exact: src/timer.rs's three OnceLocks pass, its `leak`, allowed once,
+    // An allowance is exact: src/timer.rs's five OnceLocks pass, its `leak`, allowed once,
     // is missing.
     expect("src/timer.rs", "leak is allowed exactly 1 time(s)");
     assert!(
         !report.contains("OnceLock"),
-        "OnceLock in src/timer.rs is allowed three times:\n{report}"
+        "OnceLock in src/timer.rs is allowed five times:\n{report}"
     );
     // Nothing in the good lines, nor in the test-only file.
     let good_lines = (1..=8).map(|n| format!("src/advisory.rs:{n}"));
