@@ -177,8 +177,16 @@ async fn run() {
         }
     }
     // Not in the default run: only the LockClient's throughput blocks, for 10 s, for a
-    // profiler to watch (`perf record -C <cpu>` meanwhile).
-    if sections.iter().any(|a| a == "profile-throughput") {
+    // profiler to watch (`perf record -C <cpu>` meanwhile); `-split` with client and
+    // server apart.
+    if let Some(arg) = sections
+        .iter()
+        .find(|a| a.starts_with("profile-throughput"))
+    {
+        match arg.ends_with("-split") {
+            true => Placement::Split.apply(),
+            false => Placement::Together.apply(),
+        }
         let pool = new_pool(&url, 16).await;
         let client = new_client(&pool, LockOptions::default());
         let start = Instant::now();
