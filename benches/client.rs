@@ -12,16 +12,28 @@
 //!   over: through one `LockClient` (4 lanes), against the same tasks on 4 connections
 //!   shared behind an async mutex each (task `t` uses connection `t mod 4`; per pair it
 //!   takes the mutex, makes an `AdvisoryLock::with_connection` on the connection, tries,
-//!   unlocks, and lets go), and raw sqlx on those 4 connections the same way.
+//!   unlocks, and lets go), and raw sqlx on those 4 connections the same way. Once with
+//!   everything on one CPU, once with the bench process and the server on a CPU each (as
+//!   on two machines); CPU per pair of the bench process and of the server.
+//! - `batch`: the lane's statement sent raw with 1 to 32 operations: its cost per
+//!   operation, the floor under the client's throughput.
 //! - `all`: `try_lock_all` of 100 keys against 100 sequential `ClientLock::try_lock`
 //!   (same client) and 100 sequential `AdvisoryLock::try_lock` (100 locks made once, a
 //!   pool connection each); round trips counted on the wire.
 //! - `loss`: 10,000 held `ClientLock`s, each with its `lost()` future polled by a task of
 //!   its own, for several `lost_check_interval`s: statements on the wire (and by
-//!   `pg_stat_statements`) per lane and interval, and the CPU the bench process spends.
+//!   `pg_stat_statements`) per lane and interval, and the CPU the bench process spends,
+//!   with a `check_timeout` longer than the count; then, with the default
+//!   `check_timeout`, how many of the held locks' `lost()` resolve (none should).
 //! - `quiet`: one uncontended `try_lock` + `unlock` on a client nobody else uses, against
-//!   `AdvisoryLock::with_connection` (and raw sqlx) on a connection of the same server;
-//!   interleaved in rotating blocks, medians of per-block ratios.
+//!   `AdvisoryLock::with_connection` (and raw sqlx, and raw sqlx sending the lane's
+//!   statement) on a connection of the same server; interleaved in rotating blocks,
+//!   medians of per-block ratios.
+//!
+//! Not in the default run: `false-loss` (one, then two held locks on one lane watching
+//! `lost()` with a short interval and check timeout: any report is false), and
+//! `profile-throughput` / `profile-throughput-split` (the client's throughput blocks
+//! alone for 10 s, for `perf`).
 //!
 //! Always a private cluster with `max_locks_per_transaction = 256` (the default 64 gives
 //! a lock table of 64 × 300 = 19,200 slots shared by every kind of lock; 10,000 advisory
