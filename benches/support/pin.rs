@@ -22,16 +22,25 @@ use sqlx::postgres::PgPool;
 /// 2-core machine). Chosen once, before anything is pinned (afterwards this process
 /// sees one CPU).
 pub fn cpu() -> usize {
-    static CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPU.get_or_init(|| {
-        std::env::var("PGLOCK_BENCH_CPU")
+    placement().0
+}
+
+/// How many CPUs the machine has, counted before anything was pinned.
+pub fn cpus() -> usize {
+    placement().1
+}
+
+/// The CPU and the count, chosen once, before anything is pinned (afterwards this process
+/// sees one CPU).
+fn placement() -> (usize, usize) {
+    static PLACEMENT: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *PLACEMENT.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = std::env::var("PGLOCK_BENCH_CPU")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get() - 1)
-                    .unwrap_or(0)
-            })
+            .unwrap_or(n - 1);
+        (cpu, n)
     })
 }
 
@@ -54,8 +63,13 @@ fn state() -> std::sync::MutexGuard<'static, State> {
 
 /// `taskset -a -pc CPU PID`: every thread of `pid` on the CPU.
 fn taskset(pid: u32) -> Result<(), String> {
+    taskset_to(pid, cpu())
+}
+
+/// `taskset -a -pc <to> PID`.
+fn taskset_to(pid: u32, to: usize) -> Result<(), String> {
     let out = Command::new("taskset")
-        .args(["-a", "-pc", &cpu().to_string(), &pid.to_string()])
+        .args(["-a", "-pc", &to.to_string(), &pid.to_string()])
         .stdin(Stdio::null())
         .output()
         .map_err(|err| format!("taskset for pid {pid}: {err}"))?;
@@ -68,7 +82,15 @@ fn taskset(pid: u32) -> Result<(), String> {
     }
 }
 
+/// `PGLOCK_BENCH_NO_PIN=1`: pin nothing (to see what pinning changes; the output says so).
+fn disabled() -> bool {
+    std::env::var("PGLOCK_BENCH_NO_PIN").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 fn pin_pid(pid: u32) {
+    if disabled() {
+        return;
+    }
     let mut state = state();
     if state.pinned.contains(&pid) {
         return;
@@ -87,7 +109,7 @@ pub fn pin_self() {
 }
 
 /// The parent pid of a local process, from `/proc` (`None`: not a local process).
-fn parent_of(pid: u32) -> Option<u32> {
+pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid ...; comm may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -98,6 +120,9 @@ fn parent_of(pid: u32) -> Option<u32> {
 /// and all its children: every backend forked from now on inherits the CPU. Only for a
 /// server the bench started itself: never for a shared server.
 pub fn pin_private_server(backend: i32) {
+    if disabled() {
+        return;
+    }
     let Some(postmaster) = u32::try_from(backend).ok().and_then(parent_of) else {
         state()
             .failures
@@ -116,6 +141,56 @@ pub fn pin_private_server(backend: i32) {
         pin_pid(pid);
     }
     state().server_tree = true;
+}
+
+/// The CPU other than [`cpu`] that [`split`] puts the bench process on (the next one).
+pub fn other_cpu() -> usize {
+    (cpu() + 1) % cpus()
+}
+
+/// Client and server apart, as on two machines: the bench process (every thread) on
+/// [`other_cpu`], the private cluster (postmaster and every backend, found as the
+/// children of the parent of `backend`) on [`cpu`]. [`together`] undoes it. Only for the
+/// bench's own cluster; failures are reported like any pinning failure.
+pub fn split(backend: i32) {
+    if disabled() {
+        return;
+    }
+    place(backend, other_cpu());
+}
+
+/// Everything back on [`cpu`] after [`split`].
+pub fn together(backend: i32) {
+    if disabled() {
+        return;
+    }
+    place(backend, cpu());
+}
+
+fn place(backend: i32, self_cpu: usize) {
+    let mut failures = Vec::new();
+    if let Err(err) = taskset_to(std::process::id(), self_cpu) {
+        failures.push(err);
+    }
+    match u32::try_from(backend).ok().and_then(parent_of) {
+        Some(postmaster) => {
+            let tree = std::iter::once(postmaster).chain(
+                std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&pid| parent_of(pid) == Some(postmaster)),
+            );
+            for pid in tree.collect::<Vec<_>>() {
+                if let Err(err) = taskset_to(pid, cpu()) {
+                    failures.push(err);
+                }
+            }
+        }
+        None => failures.push(format!("backend {backend} is not a local process")),
+    }
+    state().failures.extend(failures);
 }
 
 /// Pins the backend of `conn` and returns its pid.
@@ -146,6 +221,9 @@ pub fn pin_backend(pid: i32) {
 
 /// One line for the bench's output: what is pinned where, or why not.
 pub fn report() -> String {
+    if disabled() {
+        return "NOT pinned (PGLOCK_BENCH_NO_PIN): the scheduler places every process.".to_owned();
+    }
     let state = state();
     let cpu = cpu();
     let what = match state.server_tree {

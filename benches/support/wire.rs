@@ -43,6 +43,17 @@ pub struct Tally {
     pub round_trips: u64,
 }
 
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, other: Tally) -> Tally {
+        Tally {
+            syncs: self.syncs + other.syncs,
+            queries: self.queries + other.queries,
+            round_trips: self.round_trips + other.round_trips,
+        }
+    }
+}
+
 impl std::ops::Sub for Tally {
     type Output = Tally;
     fn sub(self, earlier: Tally) -> Tally {
