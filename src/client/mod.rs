@@ -314,11 +314,13 @@ impl LockClient {
                 return Poll::Ready(());
             };
             inner.wakers.register(cx.waker());
+            inner.wakers.register_driver(cx.waker());
             let next = {
                 let mut table = lock(&inner.table);
-                inner.drive(&mut table);
+                let waker = inner.waker();
+                table.drive(&inner.shared, &waker);
                 table.retire_idle(inner.idle_timeout);
-                inner.drive(&mut table);
+                table.drive(&inner.shared, &waker);
                 table.next_retirement(inner.idle_timeout)
             };
             // A timer that wakes this task when a lane may be given back.
@@ -342,7 +344,12 @@ impl Inner {
     }
 
     fn drive(&self, table: &mut Table) {
-        table.drive(&self.shared, &self.waker());
+        if table.drive(&self.shared, &self.waker()) {
+            // What landed may have left a lane idle, to be given back: the driver must
+            // look, even if no waker fired (a statement answered within the poll that
+            // sent it).
+            self.wakers.wake_driver();
+        }
     }
 
     /// Waits for the answer of `op`, driving the lanes meanwhile. Dropping the future

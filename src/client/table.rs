@@ -176,6 +176,9 @@ impl Lane {
 #[derive(Default)]
 pub(super) struct Wakers {
     wakers: Mutex<Vec<Waker>>,
+    /// The driver's: woken also when a lane lands in another task's poll (see
+    /// [`Table::drive`]).
+    driver: Mutex<Option<Waker>>,
 }
 
 impl Wakers {
@@ -189,6 +192,20 @@ impl Wakers {
     pub(super) fn wake_all(&self) {
         let wakers = std::mem::take(&mut *lock(&self.wakers));
         wakers.into_iter().for_each(Waker::wake);
+    }
+
+    pub(super) fn register_driver(&self, waker: &Waker) {
+        let mut driver = lock(&self.driver);
+        if !driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *driver = Some(waker.clone());
+        }
+    }
+
+    pub(super) fn wake_driver(&self) {
+        let driver = lock(&self.driver).clone();
+        if let Some(driver) = driver {
+            driver.wake();
+        }
     }
 }
 
@@ -697,14 +714,22 @@ impl Table {
 
     /// Moves every lane forward as far as it goes now: answers applied, queued
     /// operations sent, sessions opened. `waker` wakes every waiting task.
-    pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) {
+    ///
+    /// Returns whether a lane's statement landed. Not every landing follows a wake: a
+    /// statement sent in this poll can be answered in it too (the answer arrives before
+    /// the read), and then no waker fires at all.
+    pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) -> bool {
         let mut cx = Context::from_waker(waker);
+        let mut landed_any = false;
         for lane in 0..self.lanes.len() {
             loop {
                 let queued = !self.lanes[lane].queue.is_empty();
                 match &mut self.lanes[lane].io {
                     Io::Busy(future) => match future.as_mut().poll(&mut cx) {
-                        Poll::Ready(landed) => self.land(lane, landed, shared),
+                        Poll::Ready(landed) => {
+                            self.land(lane, landed, shared);
+                            landed_any = true;
+                        }
                         Poll::Pending => break,
                     },
                     Io::Idle(_) if queued => self.send(lane),
@@ -713,6 +738,7 @@ impl Table {
                 }
             }
         }
+        landed_any
     }
 
     /// Opens a lane's session: a pool connection, set up by its first statement.
