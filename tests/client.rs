@@ -410,7 +410,7 @@ fn two_thousand_locks_on_distinct_keys_ride_on_at_most_four_backends_and_all_go_
         .await;
         let back = Instant::now();
         support::eventually(
-            idle + Duration::from_secs(3),
+            idle + FREED_WITHIN,
             "idle lanes go back to the pool",
             || async { client.sessions() == 0 },
         )
