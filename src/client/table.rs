@@ -869,8 +869,10 @@ impl Table {
                     let try_again = again
                         && !op.retried
                         && matches!(op.kind, OpKind::Try(_) | OpKind::TryAll { .. });
-                    // An operation on a key whose levels the lane held: they are lost.
-                    let answer = match self.has_levels(key, lane) {
+                    // A release whose session is gone: its level went with it. Any other
+                    // operation on a key whose levels the lane held: they are lost.
+                    let unlock = matches!(op.kind, OpKind::Unlock(_));
+                    let answer = match unlock || self.has_levels(key, lane) {
                         true => Error::LockLost { key },
                         false if try_again => {
                             retry.push(id);
@@ -1023,20 +1025,31 @@ impl Table {
         }
     }
 
-    /// Whether the client holds levels of `key` on `lane` (held, or being given back).
+    /// Whether locks of the client hold levels of `key` on `lane`. A level being given
+    /// back is held by none of them (its last holder let go of it, or nobody wanted
+    /// it): its loss costs the locks waiting to take the key again nothing.
     fn has_levels(&self, key: LockKey, lane: LaneId) -> bool {
-        self.keys.get(&key).is_some_and(|b| {
-            b.lane == lane
-                && b.modes
-                    .iter()
-                    .any(|m| matches!(m.server, Server::Held | Server::Releasing { .. }))
-        })
+        self.keys
+            .get(&key)
+            .is_some_and(|b| b.lane == lane && b.modes.iter().any(|m| m.server == Server::Held))
     }
 
     /// A lane's session is gone: every level on it is lost, for every local lock that
     /// held it; operations still queued for it fail. Keys of the lane without levels on
     /// it (a try on its way, a wait on a session of its own) lose nothing.
     fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
+        // Releases still queued: their levels went with the session. They are settled
+        // first, so that a key that was only being given back does not count as held:
+        // a lock whose try waits behind its release holds nothing there to lose.
+        let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
+        let (releases, queued): (Vec<OpId>, Vec<OpId>) = queued.into_iter().partition(
+            |id| matches!(self.ops.get(id), Some(op) if matches!(op.kind, OpKind::Unlock(_))),
+        );
+        for id in releases {
+            if let Some(key) = self.ops.get(&id).map(|op| op.key) {
+                self.settle(id, Err(Error::LockLost { key }));
+            }
+        }
         let keys: Vec<LockKey> = self
             .keys
             .keys()
@@ -1048,7 +1061,6 @@ impl Table {
             self.keys.remove(key);
         }
         self.lanes[lane].levels = 0;
-        let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
         for id in queued {
             let Some(key) = self.ops.get(&id).map(|op| op.key) else {
                 continue;
