@@ -685,6 +685,119 @@ fn a_terminated_lane_loses_only_its_own_keys_reported_under_the_loss_rules_and_o
 }
 
 #[test]
+fn a_request_in_flight_when_its_lane_is_lost_gives_back_nothing_of_a_later_locks_level() {
+    let _t = Timed::start("request across a lane loss");
+    rt::run(async {
+        // Answers arrive 25 ms late: a request polled once stays in flight.
+        let pool = lanes::delayed_pool(4, Duration::from_millis(25)).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/request-across-a-lane-loss");
+        let mut x = client.lock(key);
+        x.lock().await.unwrap();
+        let lane = the_holder(key).await;
+
+        // x asks for the shared level too; the lane's session ends while that is in flight.
+        let mut asking = Box::pin(x.try_lock_shared());
+        let mut killer = support::connect().await;
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(lane)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
+        assert!(ended);
+        assert!(
+            future::poll_once(asking.as_mut()).await.is_none(),
+            "the request is in flight"
+        );
+        // Another call finds the lane gone: x's levels are lost, its request answered.
+        within(LIMIT, "check_sessions", client.check_sessions())
+            .await
+            .unwrap();
+        // Another lock takes the key shared, on the lane's new session.
+        let mut y = client.lock(key);
+        assert!(
+            within(LIMIT, "y.try_lock_shared", y.try_lock_shared())
+                .await
+                .unwrap()
+        );
+        let new_lane = the_holder(key).await;
+        assert_ne!(new_lane, lane);
+        // Only now does x's request go: it must not take y's share with it.
+        drop(asking);
+        assert!(y.is_held().await.unwrap());
+        rt::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            holders_of(key).await,
+            vec![(new_lane, false)],
+            "y's shared level is still held on the server"
+        );
+        assert_lock_lost(x.close().await, key, "x.close");
+        y.unlock_shared().await.unwrap();
+        assert!(lanes::untouched(&[key]).await);
+        let _ = killer.close().await;
+    });
+}
+
+#[test]
+fn a_try_sent_after_its_lane_died_while_a_level_nobody_holds_is_given_back_is_not_a_loss() {
+    let _t = Timed::start("try beside an orphan release");
+    rt::run(async {
+        // Answers arrive 100 ms late (and the end of a terminated session 100 ms after).
+        let delay = Duration::from_millis(100);
+        let pool = lanes::delayed_pool(4, delay).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/try-beside-an-orphan-release");
+        let mut warm = client.lock(support::key("client/try-beside-an-orphan-release/warm"));
+        assert!(warm.try_lock().await.unwrap()); // the lane is open
+        warm.unlock().await.unwrap();
+
+        // x's try goes out, and x gives up on it: its grant will be nobody's.
+        let mut x = client.lock(key);
+        let mut x_try = Box::pin(x.try_lock());
+        let sent = Instant::now();
+        assert!(future::poll_once(x_try.as_mut()).await.is_none());
+        drop(x_try);
+        // y asks for the shared level: queued behind x's try on the lane.
+        let mut y = client.lock(key);
+        let mut y_try = Box::pin(y.try_lock_shared());
+        assert!(future::poll_once(y_try.as_mut()).await.is_none());
+        // The lane's session ends (x's grant already taken there, its answer on the way).
+        let lane = the_holder(key).await;
+        let mut killer = support::connect().await;
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(lane)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
+        assert!(ended);
+        // x's answer has arrived, the session's end not yet: y's poll lands the grant
+        // (nobody wants it: its release is queued) and sends y's try on the dead session.
+        rt::sleep((delay + delay / 2).saturating_sub(sent.elapsed())).await;
+        assert!(
+            sent.elapsed() < 2 * delay,
+            "the test fell behind its schedule"
+        );
+        assert!(future::poll_once(y_try.as_mut()).await.is_none());
+        // y held nothing: its try runs again on a new session.
+        let tried = within(LIMIT, "y's try", y_try).await;
+        assert!(matches!(tried, Ok(true)), "y.try_lock_shared(): {tried:?}");
+        let new_lane = the_holder(key).await;
+        assert_ne!(new_lane, lane);
+        assert_eq!(
+            holders_of(key).await,
+            vec![(new_lane, false)],
+            "only y's level"
+        );
+        assert!(y.is_held().await.unwrap());
+        assert!(!x.is_held().await.unwrap(), "x holds nothing, lost nothing");
+        y.close().await.unwrap();
+        x.close().await.unwrap();
+        assert!(lanes::untouched(&[key]).await);
+        let _ = killer.close().await;
+    });
+}
+
+#[test]
 fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder_still_learns_its_loss()
  {
     let _t = Timed::start("try on a dead lane");

@@ -1053,13 +1053,16 @@ struct ClientStats {
 ///
 /// `shared_since`: when another lock of the same client took the shared level of the key
 /// it holds now (a shared acquisition joins that level without a round trip, so it is as
-/// old as that level, and lost with it).
+/// old as that level, and lost with it). `stale`: a cut may have left a session of the
+/// lock's client dead and unnoticed (lanes are shared: the operation that finds one can
+/// be any lock's, any cycle later, and those queued behind it fail with it).
 async fn client_step(
     proxy: &Proxy,
     clients: &[pglock::LockClient; 2],
     slot: &mut ClientSlot,
     op: Op,
     shared_since: Option<u64>,
+    stale: bool,
 ) -> (Duration, String) {
     let cuts_before = proxy.cuts();
     let (ex0, sh0) = slot.levels;
@@ -1228,9 +1231,15 @@ async fn client_step(
                     )
                 );
                 assert!(
-                    proxy.cuts() > slot.cut_mark,
+                    proxy.cuts() > slot.cut_mark || stale,
                     "{}",
-                    what("an error without a cut since the previous operation", slot)
+                    what(
+                        &format!(
+                            "{label}: an error without a cut since the previous operation or \
+                             a dead session left unnoticed"
+                        ),
+                        slot
+                    )
                 );
             }
         },
@@ -1334,8 +1343,11 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
         let mut rng = XorShift::new(seed ^ 0xc11e);
         let mut observer = support::connect().await;
         let mut stats = ClientStats::default();
+        // Per client: a cut since its sessions were last all checked.
+        let mut stale = [false; 2];
 
         for cycle in 0..cycles {
+            let cuts_at_start = proxy.cuts();
             let roll = rng.below(100);
             let cut_all = rng.below(3) != 0;
             let victim = rng.next();
@@ -1371,14 +1383,22 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                     cut_now();
                 }
             };
+            if proxy.cuts() > cuts_at_start {
+                stale = [true; 2]; // a cut before the operations
+            }
+            let stale_now = stale;
             let steps = slots
                 .iter_mut()
                 .zip(ops.iter().zip(&shared_since))
                 .map(|(slot, (op, since))| {
-                    Box::pin(client_step(&proxy, &clients, slot, *op, *since))
+                    let stale = stale_now[slot.client];
+                    Box::pin(client_step(&proxy, &clients, slot, *op, *since, stale))
                 })
                 .collect::<Vec<_>>();
             let (records, ()) = zip(support::lanes::join_all(steps), cutter).await;
+            if proxy.cuts() > cuts_at_start {
+                stale = [true; 2];
+            }
             for (op, (latency, label)) in ops.iter().zip(records) {
                 *stats.ops.entry(op.name()).or_default() += 1;
                 let max = stats.max_latency.entry(op.name()).or_default();
@@ -1447,6 +1467,18 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                     writers == 0 || on.len() == 1,
                     "cycle {cycle}: key {key}: an exclusive holder has company: {on:?}"
                 );
+            }
+            // Now and then, each client checks its sessions: the dead ones a cut left are
+            // found (and their locks' losses recorded) before the next cycle. Otherwise
+            // the next operation on them finds them, any cycle later.
+            for (c, client) in clients.iter().enumerate() {
+                if stale[c] && rng.below(2) == 0 {
+                    rt::timeout(OP_TIMEOUT + MARGIN, client.check_sessions())
+                        .await
+                        .expect("check_sessions hung")
+                        .expect("check_sessions");
+                    stale[c] = false;
+                }
             }
         }
 
