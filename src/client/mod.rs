@@ -314,15 +314,14 @@ impl LockClient {
                 return Poll::Ready(());
             };
             inner.wakers.register(cx.waker());
-            inner.wakers.register_driver(cx.waker());
-            let next = {
+            let (landed, next) = {
                 let mut table = lock(&inner.table);
-                let waker = inner.waker();
-                table.drive(&inner.shared, &waker);
+                let landed = inner.drive(&mut table);
                 table.retire_idle(inner.idle_timeout);
-                table.drive(&inner.shared, &waker);
-                table.next_retirement(inner.idle_timeout)
+                let retired = inner.drive(&mut table);
+                (landed || retired, table.next_retirement(inner.idle_timeout))
             };
+            inner.landed(landed);
             // A timer that wakes this task when a lane may be given back.
             if retirement.as_ref().map(|sleep| sleep.deadline()) != next {
                 retirement = next.map(|at| Box::pin(timer::sleep_until(at)));
@@ -343,12 +342,18 @@ impl Inner {
         Waker::from(Arc::clone(&self.wakers))
     }
 
-    fn drive(&self, table: &mut Table) {
-        if table.drive(&self.shared, &self.waker()) {
-            // What landed may have left a lane idle, to be given back: the driver must
-            // look, even if no waker fired (a statement answered within the poll that
-            // sent it).
-            self.wakers.wake_driver();
+    /// Moves the lanes on; whether anything landed (then call [`landed`](Self::landed)
+    /// once the table is unlocked).
+    fn drive(&self, table: &mut Table) -> bool {
+        table.drive(&self.shared, &self.waker())
+    }
+
+    /// After a drive that landed answers: they may be other tasks' (and a lane may have
+    /// gone idle, for the driver to give back), and no waker need have fired for them,
+    /// so every waiting task looks again.
+    fn landed(&self, landed: bool) {
+        if landed {
+            self.wakers.wake_all();
         }
     }
 
@@ -363,8 +368,11 @@ impl Inner {
         std::future::poll_fn(|cx| {
             guard.inner.wakers.register(cx.waker());
             let mut table = lock(&guard.inner.table);
-            guard.inner.drive(&mut table);
-            match table.take(guard.op) {
+            let landed = guard.inner.drive(&mut table);
+            let outcome = table.take(guard.op);
+            drop(table);
+            guard.inner.landed(landed);
+            match outcome {
                 Some(outcome) => {
                     guard.done = true;
                     Poll::Ready(outcome)

@@ -256,7 +256,9 @@ async fn drive_once(inner: &Inner) {
         polled = true;
         inner.wakers.register(cx.waker());
         let mut table = lock(&inner.table);
-        inner.drive(&mut table);
+        let landed = inner.drive(&mut table);
+        drop(table);
+        inner.landed(landed);
         std::task::Poll::Pending
     })
     .await

@@ -176,9 +176,6 @@ impl Lane {
 #[derive(Default)]
 pub(super) struct Wakers {
     wakers: Mutex<Vec<Waker>>,
-    /// The driver's: woken also when a lane lands in another task's poll (see
-    /// [`Table::drive`]).
-    driver: Mutex<Option<Waker>>,
 }
 
 impl Wakers {
@@ -192,20 +189,6 @@ impl Wakers {
     pub(super) fn wake_all(&self) {
         let wakers = std::mem::take(&mut *lock(&self.wakers));
         wakers.into_iter().for_each(Waker::wake);
-    }
-
-    pub(super) fn register_driver(&self, waker: &Waker) {
-        let mut driver = lock(&self.driver);
-        if !driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *driver = Some(waker.clone());
-        }
-    }
-
-    pub(super) fn wake_driver(&self) {
-        let driver = lock(&self.driver).clone();
-        if let Some(driver) = driver {
-            driver.wake();
-        }
     }
 }
 
@@ -715,9 +698,11 @@ impl Table {
     /// Moves every lane forward as far as it goes now: answers applied, queued
     /// operations sent, sessions opened. `waker` wakes every waiting task.
     ///
-    /// Returns whether a lane's statement landed. Not every landing follows a wake: a
-    /// statement sent in this poll can be answered in it too (the answer arrives before
-    /// the read), and then no waker fires at all.
+    /// Returns whether a lane's statement landed: the caller then wakes every waiting
+    /// task. A landing need not follow any wake: a statement can be answered within the
+    /// poll that sent it, and a read can find an answer before the runtime's reactor has
+    /// seen it (sqlx reads async-io sockets directly, and an answer read that way is
+    /// never reported by the reactor at all).
     pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) -> bool {
         let mut cx = Context::from_waker(waker);
         let mut landed_any = false;
