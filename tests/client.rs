@@ -75,10 +75,12 @@ async fn within<F: std::future::Future>(limit: Duration, what: &str, future: F) 
         .unwrap_or_else(|| panic!("{what}: no answer within {limit:?}"))
 }
 
-/// Spawns the client's driver on the test's runtime.
-fn spawn_driver(client: &LockClient) {
-    // Detached: it ends by itself once the client and its locks are dropped.
-    drop(rt::spawn(client.driver()));
+/// Spawns the client's driver on the test's runtime. Keep the handle for as long as the
+/// driver should run: dropping it detaches the task on Tokio and async-std (it ends by
+/// itself once the client and its locks are dropped) but cancels it on smol.
+#[must_use = "dropping the handle cancels the driver on smol"]
+fn spawn_driver(client: &LockClient) -> rt::Task<()> {
+    rt::spawn(client.driver())
 }
 
 /// The granted rows on `key` as `(pid, exclusive)`.
@@ -228,7 +230,7 @@ fn locks_sharing_one_servers_answer_all_get_it_even_when_one_of_them_gives_up() 
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let key = support::key("client/shared-answers");
         // Eight shared tries side by side: the first sends the try, the others join it.
         let mut readers: Vec<ClientLock> = (0..8).map(|_| client.lock(key)).collect();
@@ -355,7 +357,7 @@ fn two_thousand_locks_on_distinct_keys_ride_on_at_most_four_backends_and_all_go_
             &pool,
             ClientOptions::new().max_sessions(4).idle_timeout(idle),
         );
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/two-thousand", N);
         let mut locks: Vec<ClientLock> = keys.iter().map(|k| client.lock(*k)).collect();
 
@@ -855,7 +857,7 @@ fn with_the_driver_dropped_locks_and_a_dropped_set_are_free_for_another_session_
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/driver-frees", 8);
         let mut a = client.lock(keys[0]);
         a.lock().await.unwrap();
@@ -974,7 +976,7 @@ fn a_wait_runs_on_a_session_of_its_own_lanes_keep_answering_and_a_granted_wait_s
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(2));
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let key = support::key("client/waits/held");
         let mut busy = lanes::keys_on_lane("client/waits/busy", 0, 2, 2);
         busy.extend(lanes::keys_on_lane("client/waits/busy", 1, 2, 2));
@@ -1178,8 +1180,7 @@ fn try_lock_all_for_in_opposite_orders_by_two_clients_never_deadlocks() {
         let pool2 = support::pool().await;
         let c1 = LockClient::new(&pool1);
         let c2 = LockClient::new(&pool2);
-        spawn_driver(&c1);
-        spawn_driver(&c2);
+        let _drivers = (spawn_driver(&c1), spawn_driver(&c2));
         let keys = lanes::keys("client/opposite-orders", 5);
         let forward: Vec<LockKey> = keys[..4].to_vec();
         let backward: Vec<LockKey> = keys[1..].iter().rev().copied().collect();
@@ -1225,7 +1226,7 @@ fn a_timed_out_try_lock_all_for_leaves_nothing_held_anywhere() {
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/timed-out-set", 4);
         let mut sorted = keys.clone();
         sorted.sort();
@@ -1321,7 +1322,7 @@ fn a_client_on_a_hot_standby_refuses_with_standby_server_and_takes_nothing() {
             .unwrap();
         assert!(in_recovery, "the standby is in recovery");
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/standby", 3);
         let refused = |result: pglock::Result<bool>, what: &str| match result {
             Err(Error::StandbyServer { key }) => assert!(keys.contains(&key), "{what}"),
@@ -1434,7 +1435,7 @@ fn futures_dropped_at_random_moments_leave_the_server_matching_what_the_locks_ho
         const LOCKS: usize = 8;
         let pool = support::pool().await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(2));
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/random-cancellations", 3);
         let (mut outside, outside_pid) = plain_holder(keys[0]).await;
         let mut outside_holds = true;

@@ -1317,7 +1317,8 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
             )
         });
         // Client 0 runs its driver; client 1 relies on its operations alone.
-        drop(rt::spawn(clients[0].driver()));
+        // (The handle is kept: dropping it would cancel the driver on smol.)
+        let driver = rt::spawn(clients[0].driver());
         let keys = [
             support::key("faults-client/a"),
             support::key("faults-client/b"),
@@ -1518,6 +1519,7 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
         let cut_connections = proxy.cut_connections();
         let sessions = [clients[0].sessions(), clients[1].sessions()];
         drop(clients);
+        drop(driver);
         for pool in pools {
             pool.close().await;
         }

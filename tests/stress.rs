@@ -221,7 +221,9 @@ fn stress_child_process() {
             support::pool_with(params.tasks as u32 + 1 + 4 * u32::from(params.client)).await;
         let data_pool = support::pool_with(params.keys.min(params.tasks) as u32 + 1).await;
         let client_name = format!("pglock-stress-{}-{process}", params.run);
-        let locks = match params.client {
+        // The client's driver runs for as long as its handle is kept (dropping it would
+        // cancel the task on smol).
+        let (locks, driver) = match params.client {
             true => {
                 let client = LockClient::with_options(
                     &lock_pool,
@@ -229,10 +231,10 @@ fn stress_child_process() {
                         .max_sessions(4)
                         .lock_options(LockOptions::new().application_name(&client_name)),
                 );
-                drop(rt::spawn(client.driver()));
-                Locks::Client(client)
+                let driver = rt::spawn(client.driver());
+                (Locks::Client(client), Some(driver))
             }
-            false => Locks::Sessions(lock_pool.clone()),
+            false => (Locks::Sessions(lock_pool.clone()), None),
         };
         let mut tasks = Vec::new();
         for task in 0..params.tasks {
@@ -262,6 +264,7 @@ fn stress_child_process() {
             );
         }
         drop(locks);
+        drop(driver);
         lock_pool.close().await;
         data_pool.close().await;
         println!(
