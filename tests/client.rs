@@ -75,10 +75,12 @@ async fn within<F: std::future::Future>(limit: Duration, what: &str, future: F) 
         .unwrap_or_else(|| panic!("{what}: no answer within {limit:?}"))
 }
 
-/// Spawns the client's driver on the test's runtime.
-fn spawn_driver(client: &LockClient) {
-    // Detached: it ends by itself once the client and its locks are dropped.
-    drop(rt::spawn(client.driver()));
+/// Spawns the client's driver on the test's runtime. Keep the handle for as long as the
+/// driver should run: dropping it detaches the task on Tokio and async-std (it ends by
+/// itself once the client and its locks are dropped) but cancels it on smol.
+#[must_use = "dropping the handle cancels the driver on smol"]
+fn spawn_driver(client: &LockClient) -> rt::Task<()> {
+    rt::spawn(client.driver())
 }
 
 /// The granted rows on `key` as `(pid, exclusive)`.
@@ -228,7 +230,7 @@ fn locks_sharing_one_servers_answer_all_get_it_even_when_one_of_them_gives_up() 
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let key = support::key("client/shared-answers");
         // Eight shared tries side by side: the first sends the try, the others join it.
         let mut readers: Vec<ClientLock> = (0..8).map(|_| client.lock(key)).collect();
@@ -355,7 +357,7 @@ fn two_thousand_locks_on_distinct_keys_ride_on_at_most_four_backends_and_all_go_
             &pool,
             ClientOptions::new().max_sessions(4).idle_timeout(idle),
         );
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/two-thousand", N);
         let mut locks: Vec<ClientLock> = keys.iter().map(|k| client.lock(*k)).collect();
 
@@ -410,7 +412,7 @@ fn two_thousand_locks_on_distinct_keys_ride_on_at_most_four_backends_and_all_go_
         .await;
         let back = Instant::now();
         support::eventually(
-            idle + Duration::from_secs(3),
+            idle + FREED_WITHIN,
             "idle lanes go back to the pool",
             || async { client.sessions() == 0 },
         )
@@ -685,6 +687,119 @@ fn a_terminated_lane_loses_only_its_own_keys_reported_under_the_loss_rules_and_o
 }
 
 #[test]
+fn a_request_in_flight_when_its_lane_is_lost_gives_back_nothing_of_a_later_locks_level() {
+    let _t = Timed::start("request across a lane loss");
+    rt::run(async {
+        // Answers arrive 25 ms late: a request polled once stays in flight.
+        let pool = lanes::delayed_pool(4, Duration::from_millis(25)).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/request-across-a-lane-loss");
+        let mut x = client.lock(key);
+        x.lock().await.unwrap();
+        let lane = the_holder(key).await;
+
+        // x asks for the shared level too; the lane's session ends while that is in flight.
+        let mut asking = Box::pin(x.try_lock_shared());
+        let mut killer = support::connect().await;
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(lane)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
+        assert!(ended);
+        assert!(
+            future::poll_once(asking.as_mut()).await.is_none(),
+            "the request is in flight"
+        );
+        // Another call finds the lane gone: x's levels are lost, its request answered.
+        within(LIMIT, "check_sessions", client.check_sessions())
+            .await
+            .unwrap();
+        // Another lock takes the key shared, on the lane's new session.
+        let mut y = client.lock(key);
+        assert!(
+            within(LIMIT, "y.try_lock_shared", y.try_lock_shared())
+                .await
+                .unwrap()
+        );
+        let new_lane = the_holder(key).await;
+        assert_ne!(new_lane, lane);
+        // Only now does x's request go: it must not take y's share with it.
+        drop(asking);
+        assert!(y.is_held().await.unwrap());
+        rt::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            holders_of(key).await,
+            vec![(new_lane, false)],
+            "y's shared level is still held on the server"
+        );
+        assert_lock_lost(x.close().await, key, "x.close");
+        y.unlock_shared().await.unwrap();
+        assert!(lanes::untouched(&[key]).await);
+        let _ = killer.close().await;
+    });
+}
+
+#[test]
+fn a_try_sent_after_its_lane_died_while_a_level_nobody_holds_is_given_back_is_not_a_loss() {
+    let _t = Timed::start("try beside an orphan release");
+    rt::run(async {
+        // Answers arrive 100 ms late (and the end of a terminated session 100 ms after).
+        let delay = Duration::from_millis(100);
+        let pool = lanes::delayed_pool(4, delay).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/try-beside-an-orphan-release");
+        let mut warm = client.lock(support::key("client/try-beside-an-orphan-release/warm"));
+        assert!(warm.try_lock().await.unwrap()); // the lane is open
+        warm.unlock().await.unwrap();
+
+        // x's try goes out, and x gives up on it: its grant will be nobody's.
+        let mut x = client.lock(key);
+        let mut x_try = Box::pin(x.try_lock());
+        let sent = Instant::now();
+        assert!(future::poll_once(x_try.as_mut()).await.is_none());
+        drop(x_try);
+        // y asks for the shared level: queued behind x's try on the lane.
+        let mut y = client.lock(key);
+        let mut y_try = Box::pin(y.try_lock_shared());
+        assert!(future::poll_once(y_try.as_mut()).await.is_none());
+        // The lane's session ends (x's grant already taken there, its answer on the way).
+        let lane = the_holder(key).await;
+        let mut killer = support::connect().await;
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(lane)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
+        assert!(ended);
+        // x's answer has arrived, the session's end not yet: y's poll lands the grant
+        // (nobody wants it: its release is queued) and sends y's try on the dead session.
+        rt::sleep((delay + delay / 2).saturating_sub(sent.elapsed())).await;
+        assert!(
+            sent.elapsed() < 2 * delay,
+            "the test fell behind its schedule"
+        );
+        assert!(future::poll_once(y_try.as_mut()).await.is_none());
+        // y held nothing: its try runs again on a new session.
+        let tried = within(LIMIT, "y's try", y_try).await;
+        assert!(matches!(tried, Ok(true)), "y.try_lock_shared(): {tried:?}");
+        let new_lane = the_holder(key).await;
+        assert_ne!(new_lane, lane);
+        assert_eq!(
+            holders_of(key).await,
+            vec![(new_lane, false)],
+            "only y's level"
+        );
+        assert!(y.is_held().await.unwrap());
+        assert!(!x.is_held().await.unwrap(), "x holds nothing, lost nothing");
+        y.close().await.unwrap();
+        x.close().await.unwrap();
+        assert!(lanes::untouched(&[key]).await);
+        let _ = killer.close().await;
+    });
+}
+
+#[test]
 fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder_still_learns_its_loss()
  {
     let _t = Timed::start("try on a dead lane");
@@ -742,7 +857,7 @@ fn with_the_driver_dropped_locks_and_a_dropped_set_are_free_for_another_session_
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/driver-frees", 8);
         let mut a = client.lock(keys[0]);
         a.lock().await.unwrap();
@@ -861,7 +976,7 @@ fn a_wait_runs_on_a_session_of_its_own_lanes_keep_answering_and_a_granted_wait_s
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(2));
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let key = support::key("client/waits/held");
         let mut busy = lanes::keys_on_lane("client/waits/busy", 0, 2, 2);
         busy.extend(lanes::keys_on_lane("client/waits/busy", 1, 2, 2));
@@ -1065,8 +1180,7 @@ fn try_lock_all_for_in_opposite_orders_by_two_clients_never_deadlocks() {
         let pool2 = support::pool().await;
         let c1 = LockClient::new(&pool1);
         let c2 = LockClient::new(&pool2);
-        spawn_driver(&c1);
-        spawn_driver(&c2);
+        let _drivers = (spawn_driver(&c1), spawn_driver(&c2));
         let keys = lanes::keys("client/opposite-orders", 5);
         let forward: Vec<LockKey> = keys[..4].to_vec();
         let backward: Vec<LockKey> = keys[1..].iter().rev().copied().collect();
@@ -1112,7 +1226,7 @@ fn a_timed_out_try_lock_all_for_leaves_nothing_held_anywhere() {
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/timed-out-set", 4);
         let mut sorted = keys.clone();
         sorted.sort();
@@ -1208,7 +1322,7 @@ fn a_client_on_a_hot_standby_refuses_with_standby_server_and_takes_nothing() {
             .unwrap();
         assert!(in_recovery, "the standby is in recovery");
         let client = LockClient::new(&pool);
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/standby", 3);
         let refused = |result: pglock::Result<bool>, what: &str| match result {
             Err(Error::StandbyServer { key }) => assert!(keys.contains(&key), "{what}"),
@@ -1321,7 +1435,7 @@ fn futures_dropped_at_random_moments_leave_the_server_matching_what_the_locks_ho
         const LOCKS: usize = 8;
         let pool = support::pool().await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(2));
-        spawn_driver(&client);
+        let _driver = spawn_driver(&client);
         let keys = lanes::keys("client/random-cancellations", 3);
         let (mut outside, outside_pid) = plain_holder(keys[0]).await;
         let mut outside_holds = true;

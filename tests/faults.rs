@@ -944,3 +944,603 @@ fn random_operations_under_random_cuts_never_hang_and_never_hide_a_loss() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The same faults under `LockClient`s: locks sharing lanes.
+//
+// Two clients (each with its own pool through the proxy, 2 lanes; one runs its driver,
+// the other does not) and 6 locks on 2 keys: on each key, two locks of one client and one
+// of the other, so conflicts are decided both in a client and on the server. A cut ends a
+// lane, or a waiting session, under every lock on it. The model is simpler than the one
+// above (a `ClientLock` does not expose its levels, and a cancelled wait costs it none):
+// the test counts the levels each lock was granted and released, and after any
+// `LockLost` closes the lock (close must then report the loss too when nothing accounted
+// for it) and makes a new one. What must hold:
+// - no hang: every call returns within its bound;
+// - no hidden loss: between cycles, every lock that believes it holds levels is asked
+//   `is_held()`: `Ok(true)` only if the server shows its client holding the key in each
+//   mode it holds (`pg_locks` by `application_name`), else `LockLost`; never `Ok(false)`;
+//   `LockLost` only for a lock holding levels, after a cut since it took them;
+// - no overlap: among the locks confirmed by the server, an exclusive holder of a key has
+//   no company, in its client or the other;
+// - errors have causes: connection errors only on acquisitions, after a cut since the
+//   lock's previous operation; `NotHeld` only for a mode with no level;
+// - nothing stranded: at the end, with every lock closed, no session holds or waits for
+//   a test key (within 2 s).
+
+/// One lock of the client run.
+struct ClientSlot {
+    index: usize,
+    client: usize,
+    key: LockKey,
+    lock: Option<pglock::ClientLock>,
+    rng: XorShift,
+    /// Levels granted and not released (as far as the lock knows: a lost level counts
+    /// until the loss is reported).
+    levels: (u32, u32),
+    /// The proxy's cut count when the lock went from no level to some.
+    held_since: u64,
+    /// The proxy's cut count when the previous operation began.
+    cut_mark: u64,
+    /// A loss was reported: `Some(true)` if by a call that accounts for no level
+    /// (`is_held`, `lost`, an acquisition), so `close` must report it again.
+    lost: Option<bool>,
+    history: std::collections::VecDeque<String>,
+}
+
+impl ClientSlot {
+    fn holds(&self) -> bool {
+        self.levels != (0, 0)
+    }
+
+    fn choose(&mut self) -> Op {
+        if self.lock.is_none() {
+            return Op::Create;
+        }
+        if self.lost.is_some() {
+            return Op::Close;
+        }
+        let (ex, sh) = self.levels;
+        let rng = &mut self.rng;
+        if ex + sh >= 3 && rng.below(4) != 0 {
+            return if ex > 0 { Op::Unlock } else { Op::UnlockShared };
+        }
+        let cancel = rng.millis(5, 40);
+        let weighted = [
+            (12, Op::Lock { cancel }),
+            (8, Op::LockShared { cancel }),
+            (12, Op::TryLock),
+            (8, Op::TryLockShared),
+            (10, Op::TryLockFor),
+            (if ex > 0 { 18 } else { 2 }, Op::Unlock),
+            (if sh > 0 { 12 } else { 1 }, Op::UnlockShared),
+            (10, Op::IsHeld),
+            (
+                2,
+                Op::Lost {
+                    window: rng.millis(0, 300),
+                },
+            ),
+            (3, Op::Close),
+            (3, Op::Drop),
+        ];
+        let total: u64 = weighted.iter().map(|(w, _)| w).sum();
+        let mut pick = rng.below(total);
+        for (weight, op) in weighted {
+            if pick < weight {
+                return op;
+            }
+            pick -= weight;
+        }
+        unreachable!()
+    }
+}
+
+/// What the client run counts.
+#[derive(Default)]
+struct ClientStats {
+    ops: BTreeMap<&'static str, u64>,
+    max_latency: BTreeMap<&'static str, Duration>,
+    outcomes: BTreeMap<String, u64>,
+    losses_reported: u64,
+    /// Losses found by the check between cycles (`is_held`).
+    losses_found_between: u64,
+    confirmed_holds: u64,
+    cancellations: u64,
+}
+
+/// One operation on one lock of the client run, bounded and checked.
+///
+/// `shared_since`: when another lock of the same client took the shared level of the key
+/// it holds now (a shared acquisition joins that level without a round trip, so it is as
+/// old as that level, and lost with it). `stale`: a cut may have left a session of the
+/// lock's client dead and unnoticed (lanes are shared: the operation that finds one can
+/// be any lock's, any cycle later, and those queued behind it fail with it).
+async fn client_step(
+    proxy: &Proxy,
+    clients: &[pglock::LockClient; 2],
+    slot: &mut ClientSlot,
+    op: Op,
+    shared_since: Option<u64>,
+    stale: bool,
+) -> (Duration, String) {
+    let cuts_before = proxy.cuts();
+    let (ex0, sh0) = slot.levels;
+    let start = Instant::now();
+    let i = slot.index;
+    let what = |outcome: &str, slot: &ClientSlot| {
+        format!(
+            "client lock {i} (client {}, key {}) {} -> {outcome} (levels {ex0}/{sh0}, held since \
+             cut {}, previous op at cut {}, cuts {cuts_before} at the start, {} now; latest \
+             first: {:?})",
+            slot.client,
+            slot.key,
+            op.name(),
+            slot.held_since,
+            slot.cut_mark,
+            proxy.cuts(),
+            slot.history
+        )
+    };
+    let outcome: Outcome = match op {
+        Op::Create => {
+            slot.lock = Some(clients[slot.client].lock(slot.key));
+            slot.levels = (0, 0);
+            slot.lost = None;
+            Outcome::Value(None)
+        }
+        Op::Drop => {
+            slot.lock = None;
+            slot.levels = (0, 0);
+            slot.lost = None;
+            Outcome::Value(None)
+        }
+        _ => {
+            let lock = slot.lock.as_mut().expect("a lock to operate on");
+            let bounded = Box::pin(async {
+                match op {
+                    Op::Lock { cancel } => match rt::timeout(cancel, lock.lock()).await {
+                        Some(r) => r.map(|()| None::<bool>).into(),
+                        None => Outcome::GaveUp,
+                    },
+                    Op::LockShared { cancel } => {
+                        match rt::timeout(cancel, lock.lock_shared()).await {
+                            Some(r) => r.map(|()| None::<bool>).into(),
+                            None => Outcome::GaveUp,
+                        }
+                    }
+                    Op::TryLock => lock.try_lock().await.map(Some).into(),
+                    Op::TryLockShared => lock.try_lock_shared().await.map(Some).into(),
+                    Op::TryLockFor => lock.try_lock_for(TIMED_WAIT).await.map(Some).into(),
+                    Op::Unlock => lock.unlock().await.map(|()| None::<bool>).into(),
+                    Op::UnlockShared => lock.unlock_shared().await.map(|()| None::<bool>).into(),
+                    Op::IsHeld => lock.is_held().await.map(Some).into(),
+                    Op::Close => lock.close().await.map(|()| None::<bool>).into(),
+                    Op::Lost { window } => match rt::timeout(window, lock.lost()).await {
+                        Some(err) => Outcome::Failed(err),
+                        None => Outcome::GaveUp,
+                    },
+                    Op::Drop | Op::Create => unreachable!(),
+                }
+            });
+            rt::timeout(op.bound(), bounded).await.unwrap_or_else(|| {
+                panic!(
+                    "{}",
+                    what(&format!("no answer within {:?}", op.bound()), slot)
+                )
+            })
+        }
+    };
+    let latency = start.elapsed();
+    let acquisition = matches!(
+        op,
+        Op::Lock { .. } | Op::LockShared { .. } | Op::TryLock | Op::TryLockShared | Op::TryLockFor
+    );
+    let exclusive_op = matches!(op, Op::Lock { .. } | Op::TryLock | Op::TryLockFor);
+    let label = match &outcome {
+        Outcome::Value(Some(v)) => format!("Ok({v})"),
+        Outcome::Value(None) => "Ok".to_owned(),
+        Outcome::GaveUp => "gave up".to_owned(),
+        Outcome::Failed(err) => error_kind(err),
+    };
+    match outcome {
+        Outcome::Value(value) => {
+            let granted = acquisition && value != Some(false);
+            let was_empty = !slot.holds();
+            match op {
+                _ if granted && exclusive_op => slot.levels.0 += 1,
+                _ if granted => slot.levels.1 += 1,
+                Op::Unlock => {
+                    assert!(ex0 > 0, "{}", what("Ok without an exclusive level", slot));
+                    slot.levels.0 -= 1;
+                }
+                Op::UnlockShared => {
+                    assert!(sh0 > 0, "{}", what("Ok without a shared level", slot));
+                    slot.levels.1 -= 1;
+                }
+                Op::IsHeld => assert_eq!(value, Some(ex0 + sh0 > 0), "{}", what(&label, slot)),
+                Op::Close => {
+                    assert_ne!(
+                        slot.lost,
+                        Some(true),
+                        "{}",
+                        what("close hid a reported loss", slot)
+                    );
+                    slot.lock = None;
+                    slot.levels = (0, 0);
+                    slot.lost = None;
+                }
+                _ => {}
+            }
+            if was_empty && slot.holds() {
+                slot.held_since = match (granted && !exclusive_op, shared_since) {
+                    (true, Some(since)) => since.min(cuts_before),
+                    _ => cuts_before,
+                };
+            }
+        }
+        Outcome::GaveUp => {
+            // A dropped wait costs a ClientLock nothing; a dropped lost() neither.
+        }
+        Outcome::Failed(err) => match &err {
+            Error::LockLost { key } => {
+                assert_eq!(*key, slot.key, "{}", what(&label, slot));
+                let known = slot.lost.is_some();
+                assert!(
+                    known || (slot.holds() && proxy.cuts() > slot.held_since),
+                    "{}",
+                    what("LockLost without a level cut since it was taken", slot)
+                );
+                let accounts = matches!(op, Op::Unlock | Op::UnlockShared);
+                match op {
+                    Op::Close => {
+                        slot.lock = None;
+                        slot.levels = (0, 0);
+                        slot.lost = None;
+                    }
+                    _ => {
+                        if accounts && slot.lost.is_none() {
+                            match op {
+                                Op::Unlock => slot.levels.0 = slot.levels.0.saturating_sub(1),
+                                _ => slot.levels.1 = slot.levels.1.saturating_sub(1),
+                            }
+                        }
+                        slot.lost = Some(slot.lost == Some(true) || !accounts);
+                    }
+                }
+            }
+            Error::NotHeld { .. } => {
+                let empty = match op {
+                    Op::Unlock => ex0 == 0,
+                    Op::UnlockShared => sh0 == 0,
+                    Op::Lost { .. } => ex0 + sh0 == 0,
+                    _ => false,
+                };
+                assert!(empty, "{}", what("NotHeld with a level of the mode", slot));
+            }
+            Error::Deadlock { .. } => {
+                assert!(acquisition, "{}", what(&label, slot));
+            }
+            _ => {
+                assert!(
+                    acquisition,
+                    "{}",
+                    what(
+                        "a connection error from a call that is not an acquisition",
+                        slot
+                    )
+                );
+                assert!(
+                    proxy.cuts() > slot.cut_mark || stale,
+                    "{}",
+                    what(
+                        &format!(
+                            "{label}: an error without a cut since the previous operation or \
+                             a dead session left unnoticed"
+                        ),
+                        slot
+                    )
+                );
+            }
+        },
+    }
+    slot.cut_mark = cuts_before;
+    slot.history.push_front(format!(
+        "{} -> {label} ({ex0}/{sh0} -> {}/{}, cuts {cuts_before}..{}, {latency:?})",
+        op.name(),
+        slot.levels.0,
+        slot.levels.1,
+        proxy.cuts()
+    ));
+    slot.history.truncate(6);
+    (latency, label)
+}
+
+/// `(client, key, exclusive)` for every advisory level a session of either client holds
+/// (sessions named `<prefix><client>`), and whether any of them waits.
+async fn client_holdings(
+    observer: &mut PgConnection,
+    prefix: &str,
+) -> BTreeSet<(usize, LockKey, bool)> {
+    let rows: Vec<(String, i64, i64, i16, bool)> = sqlx::query_as(
+        "SELECT a.application_name, l.classid::int8, l.objid::int8, l.objsubid, \
+         l.mode = 'ExclusiveLock' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND starts_with(a.application_name, $1)",
+    )
+    .bind(prefix)
+    .fetch_all(observer)
+    .await
+    .expect("ask the server who holds");
+    rows.into_iter()
+        .filter_map(|(name, classid, objid, objsubid, exclusive)| {
+            let client = name[prefix.len()..].parse().ok()?;
+            let key = LockKey::from_pg_locks_ids(
+                u32::try_from(classid).ok()?,
+                u32::try_from(objid).ok()?,
+                objsubid,
+            )?;
+            Some((client, key, exclusive))
+        })
+        .collect()
+}
+
+#[test]
+fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_or_hide_a_loss() {
+    rt::run(async {
+        let cycles: usize = env_or("PGLOCK_FAULT_CYCLES", DEFAULT_CYCLES);
+        let seed: u64 = env_or("PGLOCK_FAULT_SEED", DEFAULT_SEED);
+        let started = Instant::now();
+        let proxy = Proxy::start();
+        let prefix = format!("pglock-faults-client-{}-", std::process::id());
+        let options = LockOptions::new()
+            .operation_timeout(OP_TIMEOUT)
+            .lost_check_interval(LOST_CHECK_INTERVAL)
+            .check_timeout(CHECK_TIMEOUT)
+            .client_connection_check_interval(Duration::from_millis(200));
+        let mut pools = Vec::new();
+        for _ in 0..2 {
+            pools.push(
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(proxy.connect_options())
+                    .await
+                    .expect("a pool through the proxy"),
+            );
+        }
+        let clients: [pglock::LockClient; 2] = [0, 1].map(|c| {
+            pglock::LockClient::with_options(
+                &pools[c],
+                pglock::ClientOptions::new()
+                    .max_sessions(2)
+                    .lock_options(options.clone().application_name(format!("{prefix}{c}"))),
+            )
+        });
+        // Client 0 runs its driver; client 1 relies on its operations alone.
+        // (The handle is kept: dropping it would cancel the driver on smol.)
+        let driver = rt::spawn(clients[0].driver());
+        let keys = [
+            support::key("faults-client/a"),
+            support::key("faults-client/b"),
+        ];
+        // Per key: two locks of one client, one of the other.
+        let layout = [(0, 0), (0, 0), (1, 0), (1, 1), (1, 1), (0, 1)];
+        let mut slots: Vec<ClientSlot> = layout
+            .iter()
+            .enumerate()
+            .map(|(index, &(client, key))| ClientSlot {
+                index,
+                client,
+                key: keys[key],
+                lock: None,
+                rng: XorShift::new(seed ^ (0x51_7cc1 * (index as u64 + 1))),
+                levels: (0, 0),
+                held_since: 0,
+                cut_mark: 0,
+                lost: None,
+                history: Default::default(),
+            })
+            .collect();
+        let mut rng = XorShift::new(seed ^ 0xc11e);
+        let mut observer = support::connect().await;
+        let mut stats = ClientStats::default();
+        // Per client: a cut since its sessions were last all checked.
+        let mut stale = [false; 2];
+
+        for cycle in 0..cycles {
+            let cuts_at_start = proxy.cuts();
+            let roll = rng.below(100);
+            let cut_all = rng.below(3) != 0;
+            let victim = rng.next();
+            let delay = Duration::from_micros(rng.below(8_000));
+            let cut_now = || match cut_all {
+                true => proxy.cut_all() > 0,
+                false => proxy.cut_random(victim),
+            };
+            if roll < 12 {
+                cut_now();
+            }
+            let cut_during = (12..45).contains(&roll);
+            let ops: Vec<Op> = slots.iter_mut().map(ClientSlot::choose).collect();
+            let shared_since: Vec<Option<u64>> = slots
+                .iter()
+                .map(|me| {
+                    slots
+                        .iter()
+                        .filter(|s| {
+                            s.index != me.index
+                                && s.client == me.client
+                                && s.key == me.key
+                                && s.lock.is_some()
+                                && s.levels.1 > 0
+                        })
+                        .map(|s| s.held_since)
+                        .min()
+                })
+                .collect();
+            let cutter = async {
+                if cut_during {
+                    rt::sleep(delay).await;
+                    cut_now();
+                }
+            };
+            if proxy.cuts() > cuts_at_start {
+                stale = [true; 2]; // a cut before the operations
+            }
+            let stale_now = stale;
+            let steps = slots
+                .iter_mut()
+                .zip(ops.iter().zip(&shared_since))
+                .map(|(slot, (op, since))| {
+                    let stale = stale_now[slot.client];
+                    Box::pin(client_step(&proxy, &clients, slot, *op, *since, stale))
+                })
+                .collect::<Vec<_>>();
+            let (records, ()) = zip(support::lanes::join_all(steps), cutter).await;
+            if proxy.cuts() > cuts_at_start {
+                stale = [true; 2];
+            }
+            for (op, (latency, label)) in ops.iter().zip(records) {
+                *stats.ops.entry(op.name()).or_default() += 1;
+                let max = stats.max_latency.entry(op.name()).or_default();
+                *max = (*max).max(latency);
+                stats.losses_reported += u64::from(label == "LockLost");
+                stats.cancellations += u64::from(label == "gave up");
+                *stats
+                    .outcomes
+                    .entry(format!("{} -> {label}", op.name()))
+                    .or_default() += 1;
+            }
+
+            // Between cycles: every lock that believes it holds is checked against the
+            // server.
+            let server = client_holdings(&mut observer, &prefix).await;
+            let mut confirmed: Vec<(usize, LockKey, (u32, u32))> = Vec::new();
+            for slot in slots.iter_mut() {
+                if slot.lock.is_none() || !slot.holds() || slot.lost.is_some() {
+                    continue;
+                }
+                let held = rt::timeout(OP_TIMEOUT + MARGIN, slot.lock.as_mut().unwrap().is_held())
+                    .await
+                    .unwrap_or_else(|| panic!("cycle {cycle}: lock {}: is_held hung", slot.index));
+                let (ex, sh) = slot.levels;
+                match held {
+                    Ok(true) => {
+                        for (mode, count) in [(true, ex), (false, sh)] {
+                            assert!(
+                                count == 0 || server.contains(&(slot.client, slot.key, mode)),
+                                "cycle {cycle}: lock {} (client {}) says it holds {} \
+                                 {ex}/{sh} but the server shows {server:?}: a hidden loss \
+                                 (latest first: {:?})",
+                                slot.index,
+                                slot.client,
+                                slot.key,
+                                slot.history
+                            );
+                        }
+                        confirmed.push((slot.client, slot.key, slot.levels));
+                        stats.confirmed_holds += 1;
+                    }
+                    Err(Error::LockLost { .. }) => {
+                        assert!(
+                            proxy.cuts() > slot.held_since,
+                            "cycle {cycle}: lock {}: LockLost without a cut since it took its \
+                             levels (latest first: {:?})",
+                            slot.index,
+                            slot.history
+                        );
+                        slot.lost = Some(true);
+                        stats.losses_found_between += 1;
+                        stats.losses_reported += 1;
+                    }
+                    other => panic!(
+                        "cycle {cycle}: lock {} holding {ex}/{sh}: is_held {other:?} \
+                         (latest first: {:?})",
+                        slot.index, slot.history
+                    ),
+                }
+            }
+            for key in keys {
+                let on: Vec<&(usize, LockKey, (u32, u32))> =
+                    confirmed.iter().filter(|(_, k, _)| *k == key).collect();
+                let writers = on.iter().filter(|(_, _, (ex, _))| *ex > 0).count();
+                assert!(
+                    writers == 0 || on.len() == 1,
+                    "cycle {cycle}: key {key}: an exclusive holder has company: {on:?}"
+                );
+            }
+            // Now and then, each client checks its sessions: the dead ones a cut left are
+            // found (and their locks' losses recorded) before the next cycle. Otherwise
+            // the next operation on them finds them, any cycle later.
+            for (c, client) in clients.iter().enumerate() {
+                if stale[c] && rng.below(2) == 0 {
+                    rt::timeout(OP_TIMEOUT + MARGIN, client.check_sessions())
+                        .await
+                        .expect("check_sessions hung")
+                        .expect("check_sessions");
+                    stale[c] = false;
+                }
+            }
+        }
+
+        // The end: close everything (a loss may still be reported), then nothing may be
+        // held or waited for.
+        for slot in slots.iter_mut() {
+            if let Some(mut lock) = slot.lock.take() {
+                let closed = rt::timeout(OP_TIMEOUT + MARGIN, lock.close())
+                    .await
+                    .expect("close at the end hung");
+                match closed {
+                    Ok(()) => assert_ne!(
+                        slot.lost,
+                        Some(true),
+                        "lock {}: close hid a loss",
+                        slot.index
+                    ),
+                    Err(Error::LockLost { .. }) => stats.losses_reported += 1,
+                    Err(err) => panic!("lock {}: close at the end: {err:?}", slot.index),
+                }
+            }
+        }
+        // Client 1 has no driver: an operation sends the releases of locks it dropped.
+        rt::timeout(OP_TIMEOUT + MARGIN, clients[1].check_sessions())
+            .await
+            .expect("check_sessions hung")
+            .expect("check_sessions");
+        let freed = Instant::now();
+        support::eventually(
+            FREED_WITHIN,
+            "no session holds or waits for a test key once every lock is closed",
+            || async { support::lanes::untouched(&keys).await },
+        )
+        .await;
+        let freed_after = freed.elapsed();
+        let cuts = proxy.cuts();
+        let cut_connections = proxy.cut_connections();
+        let sessions = [clients[0].sessions(), clients[1].sessions()];
+        drop(clients);
+        drop(driver);
+        for pool in pools {
+            pool.close().await;
+        }
+        println!(
+            "[{}] faults through LockClients: seed {seed:#x}, {cycles} cycles, {} operations in \
+             {:?}; cuts {cuts} ({cut_connections} connections); LockLost reported {} ({} found \
+             by the check between cycles); {} holds confirmed by the server; {} waits given up; \
+             keys free {freed_after:?} after close; sessions at the end {sessions:?}",
+            rt::NAME,
+            stats.ops.values().sum::<u64>(),
+            started.elapsed(),
+            stats.losses_reported,
+            stats.losses_found_between,
+            stats.confirmed_holds,
+            stats.cancellations,
+        );
+        println!("  max latency per operation: {:?}", stats.max_latency);
+        println!("  outcomes: {:?}", stats.outcomes);
+        assert!(
+            cycles < 100 || (cuts > 0 && stats.losses_reported > 0),
+            "the run cut nothing or lost nothing: it tested nothing"
+        );
+    });
+}

@@ -16,6 +16,12 @@
 //! Shared: 4 processes × 4 tasks × 10 sections on one key, holding shared levels ~20 ms
 //! with every fifth section exclusive: shared holders really overlap, and no interval of
 //! an exclusive holder overlaps any other.
+//!
+//! Each runs twice: with an `AdvisoryLock` per task (a session each), and with a
+//! `LockClient` per process (its tasks' locks share 4 lanes; conflicts between them are
+//! decided in the process, waits run on sessions of their own). A client child also
+//! checks, before it exits, that none of its sessions holds a key once its locks are
+//! closed: nothing is stranded (its exit would hide that).
 
 mod support;
 
@@ -25,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pglock::{AdvisoryLock, LockKey};
+use pglock::{AdvisoryLock, ClientOptions, DistributedLock, LockClient, LockKey, LockOptions};
 use sqlx::PgPool;
 use support::rt;
 
@@ -65,6 +71,8 @@ struct Params {
     hold: Duration,
     /// 0: every section exclusive; n: every n-th section of a task exclusive, the rest shared.
     exclusive_every: usize,
+    /// The children's locks come from one `LockClient` per process, not a session each.
+    client: bool,
 }
 
 impl Params {
@@ -81,7 +89,8 @@ impl Params {
             .env(
                 "PGLOCK_STRESS_EXCLUSIVE_EVERY",
                 self.exclusive_every.to_string(),
-            );
+            )
+            .env("PGLOCK_STRESS_CLIENT", if self.client { "1" } else { "0" });
     }
 
     /// The parameters in a child, or `None` when this process is not one.
@@ -104,6 +113,7 @@ impl Params {
                 sections: num("PGLOCK_STRESS_TOTAL"),
                 hold: Duration::from_micros(num("PGLOCK_STRESS_HOLD_US") as u64),
                 exclusive_every: num("PGLOCK_STRESS_EXCLUSIVE_EVERY"),
+                client: num("PGLOCK_STRESS_CLIENT") == 1,
             },
             process,
         ))
@@ -205,15 +215,32 @@ fn stress_child_process() {
     rt::run(async move {
         let started = Instant::now();
         let params = Arc::new(params);
-        // One connection per task for its lock, and one spare.
-        let lock_pool = support::pool_with(params.tasks as u32 + 1).await;
+        // One connection per task for its lock (a client: its lanes, and a session per
+        // task that waits), and one spare.
+        let lock_pool =
+            support::pool_with(params.tasks as u32 + 1 + 4 * u32::from(params.client)).await;
         let data_pool = support::pool_with(params.keys.min(params.tasks) as u32 + 1).await;
+        let client_name = format!("pglock-stress-{}-{process}", params.run);
+        // The client's driver runs for as long as its handle is kept (dropping it would
+        // cancel the task on smol).
+        let (locks, driver) = match params.client {
+            true => {
+                let client = LockClient::with_options(
+                    &lock_pool,
+                    ClientOptions::new()
+                        .max_sessions(4)
+                        .lock_options(LockOptions::new().application_name(&client_name)),
+                );
+                let driver = rt::spawn(client.driver());
+                (Locks::Client(client), Some(driver))
+            }
+            false => (Locks::Sessions(lock_pool.clone()), None),
+        };
         let mut tasks = Vec::new();
         for task in 0..params.tasks {
-            let (params, lock_pool, data_pool) =
-                (params.clone(), lock_pool.clone(), data_pool.clone());
+            let (params, locks, data_pool) = (params.clone(), locks.clone(), data_pool.clone());
             tasks.push(rt::spawn(async move {
-                run_task(&params, process, task, &lock_pool, &data_pool).await
+                run_task(&params, process, task, &locks, &data_pool).await
             }));
         }
         let mut sections = 0;
@@ -223,6 +250,21 @@ fn stress_child_process() {
             sections += n;
             max_wait = max_wait.max(wait);
         }
+        if let Locks::Client(client) = &locks {
+            // Every lock is closed: none of the client's sessions may hold a key now.
+            let stranded = support::eventually(
+                Duration::from_secs(2),
+                "the client's sessions hold no key once its locks are closed",
+                || async { !holds_any(&client_name).await },
+            )
+            .await;
+            println!(
+                "stress child {process}: client sessions {} at the end, keys free after {stranded:?}",
+                client.sessions()
+            );
+        }
+        drop(locks);
+        drop(driver);
         lock_pool.close().await;
         data_pool.close().await;
         println!(
@@ -236,12 +278,48 @@ fn stress_child_process() {
     });
 }
 
+/// Where a child's locks come from.
+#[derive(Clone)]
+enum Locks {
+    /// `AdvisoryLock::new`: a session of its own each.
+    Sessions(PgPool),
+    /// One client for the process.
+    Client(LockClient),
+}
+
+impl Locks {
+    async fn lock(&self, key: LockKey) -> Box<dyn DistributedLock> {
+        match self {
+            Locks::Sessions(pool) => Box::new(
+                AdvisoryLock::new(pool, key)
+                    .await
+                    .expect("AdvisoryLock::new"),
+            ),
+            Locks::Client(client) => Box::new(client.lock(key)),
+        }
+    }
+}
+
+/// Whether a session named `application_name` holds an advisory lock (any key).
+async fn holds_any(application_name: &str) -> bool {
+    let mut conn = support::connect().await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND a.application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("query pg_locks");
+    n > 0
+}
+
 /// One task's sections; returns how many it ran and its longest wait for a lock.
 async fn run_task(
     params: &Params,
     process: usize,
     task: usize,
-    lock_pool: &PgPool,
+    locks: &Locks,
     data_pool: &PgPool,
 ) -> (usize, Duration) {
     let plan = params.plan(process, task);
@@ -261,17 +339,14 @@ async fn run_task(
         params.log
     );
     let pid = std::process::id() as i32;
-    let mut lock: Option<(usize, AdvisoryLock)> = None;
+    let mut lock: Option<(usize, Box<dyn DistributedLock>)> = None;
     let mut max_wait = Duration::ZERO;
     for (i, &k) in plan.iter().enumerate() {
         if lock.as_ref().is_none_or(|(held_key, _)| *held_key != k) {
             if let Some((_, mut old)) = lock.take() {
                 old.close().await.expect("close a lock between keys");
             }
-            let new = AdvisoryLock::new(lock_pool, params.key(k))
-                .await
-                .expect("AdvisoryLock::new");
-            lock = Some((k, new));
+            lock = Some((k, locks.lock(params.key(k)).await));
         }
         let (_, l) = lock.as_mut().expect("a lock for the key");
         let exclusive = params.is_exclusive(i);
@@ -508,12 +583,45 @@ fn new_params(prefix: &str) -> Params {
         sections: sections_from_env(),
         hold: Duration::from_millis(1),
         exclusive_every: 0,
+        client: false,
     }
 }
 
 #[test]
 fn exclusive_sections_never_overlap_across_processes() {
-    let params = new_params("stress_x");
+    exclusive_sections(new_params("stress_x"));
+}
+
+#[test]
+fn exclusive_sections_never_overlap_across_processes_through_lock_clients() {
+    exclusive_sections(Params {
+        client: true,
+        ..new_params("stress_cx")
+    });
+}
+
+#[test]
+fn shared_sections_overlap_and_exclusive_ones_never_do() {
+    shared_sections(new_params("stress_s"));
+}
+
+#[test]
+fn shared_sections_overlap_and_exclusive_ones_never_do_through_lock_clients() {
+    shared_sections(Params {
+        client: true,
+        ..new_params("stress_cs")
+    });
+}
+
+/// What the locks are, for the report.
+fn kind(params: &Params) -> &'static str {
+    match params.client {
+        true => "LockClient per process",
+        false => "AdvisoryLock per task",
+    }
+}
+
+fn exclusive_sections(params: Params) {
     let started = Instant::now();
     {
         let params = params.clone();
@@ -591,10 +699,11 @@ fn exclusive_sections_never_overlap_across_processes() {
             println!("{line}");
         }
         println!(
-            "[{}] exclusive stress: {} sections ({} processes × {} tasks, {} keys, per key {:?}) \
+            "[{}] exclusive stress ({}): {} sections ({} processes × {} tasks, {} keys, per key {:?}) \
              in {ran:?} ({:.0} sections/s on the server clock over {span:.2} s); \
              overlapping intervals on one key: {found}",
             rt::NAME,
+            kind(&params),
             params.sections,
             params.processes,
             params.tasks,
@@ -614,8 +723,7 @@ fn exclusive_sections_never_overlap_across_processes() {
     });
 }
 
-#[test]
-fn shared_sections_overlap_and_exclusive_ones_never_do() {
+fn shared_sections(params: Params) {
     let params = Params {
         processes: 4,
         tasks: 4,
@@ -623,7 +731,7 @@ fn shared_sections_overlap_and_exclusive_ones_never_do() {
         sections: 4 * 4 * 10,
         hold: Duration::from_millis(20),
         exclusive_every: 5,
-        ..new_params("stress_s")
+        ..params
     };
     {
         let params = params.clone();
@@ -676,10 +784,11 @@ fn shared_sections_overlap_and_exclusive_ones_never_do() {
             println!("{line}");
         }
         println!(
-            "[{}] shared stress: {} sections ({} exclusive), {} processes × {} tasks on one key, \
+            "[{}] shared stress ({}): {} sections ({} exclusive), {} processes × {} tasks on one key, \
              held {:?}: {shared_pairs} overlapping shared pairs, at most {max_together} holders \
              at once; pairs overlapping an exclusive section: {exclusive_pairs}",
             rt::NAME,
+            kind(&params),
             params.sections,
             exclusive,
             params.processes,

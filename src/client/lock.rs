@@ -341,8 +341,14 @@ impl Drop for Reservation<'_> {
             return;
         }
         let key = self.lock.key();
-        let _ = self.lock.local.release(self.mode);
-        let _ = lock(&self.lock.inner.table).unback(key, self.mode);
+        // A level lost meanwhile went with its lane, and the client's count of holders
+        // with it: the key's count now (if any) is other locks', not ours to take from.
+        if self.lock.local.release(self.mode).is_ok() {
+            let mut table = lock(&self.lock.inner.table);
+            if let Some(op) = table.unback(key, self.mode) {
+                table.abandon(op);
+            }
+        }
         self.lock.inner.wakers.wake_all();
     }
 }

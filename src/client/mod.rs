@@ -314,13 +314,14 @@ impl LockClient {
                 return Poll::Ready(());
             };
             inner.wakers.register(cx.waker());
-            let next = {
+            let (landed, next) = {
                 let mut table = lock(&inner.table);
-                inner.drive(&mut table);
+                let landed = inner.drive(&mut table);
                 table.retire_idle(inner.idle_timeout);
-                inner.drive(&mut table);
-                table.next_retirement(inner.idle_timeout)
+                let retired = inner.drive(&mut table);
+                (landed || retired, table.next_retirement(inner.idle_timeout))
             };
+            inner.landed(landed);
             // A timer that wakes this task when a lane may be given back.
             if retirement.as_ref().map(|sleep| sleep.deadline()) != next {
                 retirement = next.map(|at| Box::pin(timer::sleep_until(at)));
@@ -341,8 +342,19 @@ impl Inner {
         Waker::from(Arc::clone(&self.wakers))
     }
 
-    fn drive(&self, table: &mut Table) {
-        table.drive(&self.shared, &self.waker());
+    /// Moves the lanes on; whether anything landed (then call [`landed`](Self::landed)
+    /// once the table is unlocked).
+    fn drive(&self, table: &mut Table) -> bool {
+        table.drive(&self.shared, &self.waker())
+    }
+
+    /// After a drive that landed answers: they may be other tasks' (and a lane may have
+    /// gone idle, for the driver to give back), and no waker need have fired for them,
+    /// so every waiting task looks again.
+    fn landed(&self, landed: bool) {
+        if landed {
+            self.wakers.wake_all();
+        }
     }
 
     /// Waits for the answer of `op`, driving the lanes meanwhile. Dropping the future
@@ -356,8 +368,11 @@ impl Inner {
         std::future::poll_fn(|cx| {
             guard.inner.wakers.register(cx.waker());
             let mut table = lock(&guard.inner.table);
-            guard.inner.drive(&mut table);
-            match table.take(guard.op) {
+            let landed = guard.inner.drive(&mut table);
+            let outcome = table.take(guard.op);
+            drop(table);
+            guard.inner.landed(landed);
+            match outcome {
                 Some(outcome) => {
                     guard.done = true;
                     Poll::Ready(outcome)

@@ -256,7 +256,9 @@ async fn drive_once(inner: &Inner) {
         polled = true;
         inner.wakers.register(cx.waker());
         let mut table = lock(&inner.table);
-        inner.drive(&mut table);
+        let landed = inner.drive(&mut table);
+        drop(table);
+        inner.landed(landed);
         std::task::Poll::Pending
     })
     .await
@@ -299,16 +301,25 @@ async fn wait_all(
     let all: Result<Option<bool>> = session
         .fetch_optional(key, Effect::Write, sql::LOCK_ALL, args, Some(bound))
         .await;
+    // A session's locks outlive a failed statement: unless the wait was granted, what it
+    // took before it ended goes with the session, which is closed rather than returned
+    // to the pool (whatever the session's own drop would do with it).
     let granted = match all {
         Ok(all) => all == Some(true),
-        // The statement timeout: the time is up; what it took goes with the session.
+        // The statement timeout: the time is up.
         Err(Error::Database(err)) if crate::error::sqlstate(&err).as_deref() == Some("57014") => {
             false
         }
-        Err(err) => return Err(err),
+        Err(err) => {
+            session.discard_on_drop();
+            return Err(err);
+        }
     };
-    if granted {
-        session.set_statement_timeout(key, previous).await?;
+    if !granted {
+        session.discard_on_drop();
+    } else if let Err(err) = session.set_statement_timeout(key, previous).await {
+        session.discard_on_drop();
+        return Err(err);
     }
     let session = granted.then_some(session);
     lock(&inner.table).wait_all_end(keys, mode, op, session);

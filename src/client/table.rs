@@ -698,14 +698,24 @@ impl Table {
 
     /// Moves every lane forward as far as it goes now: answers applied, queued
     /// operations sent, sessions opened. `waker` wakes every waiting task.
-    pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) {
+    ///
+    /// Returns whether a lane's statement landed: the caller then wakes every waiting
+    /// task. A landing need not follow any wake: a statement can be answered within the
+    /// poll that sent it, and a read can find an answer before the runtime's reactor has
+    /// seen it (sqlx reads async-io sockets directly, and an answer read that way is
+    /// never reported by the reactor at all).
+    pub(super) fn drive(&mut self, shared: &Shared, waker: &Waker) -> bool {
         let mut cx = Context::from_waker(waker);
+        let mut landed_any = false;
         for lane in 0..self.lanes.len() {
             loop {
                 let queued = !self.lanes[lane].queue.is_empty();
                 match &mut self.lanes[lane].io {
                     Io::Busy(future) => match future.as_mut().poll(&mut cx) {
-                        Poll::Ready(landed) => self.land(lane, landed, shared),
+                        Poll::Ready(landed) => {
+                            self.land(lane, landed, shared);
+                            landed_any = true;
+                        }
                         Poll::Pending => break,
                     },
                     Io::Idle(_) if queued => self.send(lane),
@@ -714,6 +724,7 @@ impl Table {
                 }
             }
         }
+        landed_any
     }
 
     /// Opens a lane's session: a pool connection, set up by its first statement.
@@ -844,8 +855,10 @@ impl Table {
                     let try_again = again
                         && !op.retried
                         && matches!(op.kind, OpKind::Try(_) | OpKind::TryAll { .. });
-                    // An operation on a key whose levels the lane held: they are lost.
-                    let answer = match self.has_levels(key, lane) {
+                    // A release whose session is gone: its level went with it. Any other
+                    // operation on a key whose levels the lane held: they are lost.
+                    let unlock = matches!(op.kind, OpKind::Unlock(_));
+                    let answer = match unlock || self.has_levels(key, lane) {
                         true => Error::LockLost { key },
                         false if try_again => {
                             retry.push(id);
@@ -998,20 +1011,31 @@ impl Table {
         }
     }
 
-    /// Whether the client holds levels of `key` on `lane` (held, or being given back).
+    /// Whether locks of the client hold levels of `key` on `lane`. A level being given
+    /// back is held by none of them (its last holder let go of it, or nobody wanted
+    /// it): its loss costs the locks waiting to take the key again nothing.
     fn has_levels(&self, key: LockKey, lane: LaneId) -> bool {
-        self.keys.get(&key).is_some_and(|b| {
-            b.lane == lane
-                && b.modes
-                    .iter()
-                    .any(|m| matches!(m.server, Server::Held | Server::Releasing { .. }))
-        })
+        self.keys
+            .get(&key)
+            .is_some_and(|b| b.lane == lane && b.modes.iter().any(|m| m.server == Server::Held))
     }
 
     /// A lane's session is gone: every level on it is lost, for every local lock that
     /// held it; operations still queued for it fail. Keys of the lane without levels on
     /// it (a try on its way, a wait on a session of its own) lose nothing.
     fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
+        // Releases still queued: their levels went with the session. They are settled
+        // first, so that a key that was only being given back does not count as held:
+        // a lock whose try waits behind its release holds nothing there to lose.
+        let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
+        let (releases, queued): (Vec<OpId>, Vec<OpId>) = queued.into_iter().partition(
+            |id| matches!(self.ops.get(id), Some(op) if matches!(op.kind, OpKind::Unlock(_))),
+        );
+        for id in releases {
+            if let Some(key) = self.ops.get(&id).map(|op| op.key) {
+                self.settle(id, Err(Error::LockLost { key }));
+            }
+        }
         let keys: Vec<LockKey> = self
             .keys
             .keys()
@@ -1031,7 +1055,6 @@ impl Table {
             shared.local.lose(*key);
         }
         self.lanes[lane].levels = 0;
-        let queued: Vec<OpId> = self.lanes[lane].queue.drain(..).collect();
         for id in queued {
             let Some(key) = self.ops.get(&id).map(|op| op.key) else {
                 continue;

@@ -188,3 +188,61 @@ impl XorShift {
         Duration::from_millis(from + self.below(to - from + 1))
     }
 }
+
+/// A pool of at most `max` connections whose server-to-client traffic goes through a
+/// loopback proxy that holds every chunk back for `delay`: an answer (or the end of a
+/// terminated session) never arrives within the poll that sent the statement, so a test
+/// can poll a future once and know it is still in flight.
+pub async fn delayed_pool(max: u32, delay: Duration) -> sqlx::PgPool {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+        std::thread::spawn(move || {
+            let mut buf = vec![0_u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        std::thread::sleep(delay);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(delay);
+            let _ = to.shutdown(Shutdown::Write);
+            let _ = from.shutdown(Shutdown::Read);
+        });
+    }
+
+    let options: sqlx::postgres::PgConnectOptions =
+        database_url().parse().expect("DATABASE_URL parses");
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("the proxy's address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (Ok(client_reader), Ok(server_writer)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            pump(client_reader, server_writer, Duration::ZERO);
+            pump(server, client, delay);
+        }
+    });
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(20))
+        .connect_with(sqlx::ConnectOptions::disable_statement_logging(
+            options.host("127.0.0.1").port(port),
+        ))
+        .await
+        .expect("connect through the delaying proxy")
+}
