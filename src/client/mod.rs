@@ -306,6 +306,9 @@ impl LockClient {
     /// tokio::spawn(client.driver());
     /// # }
     /// ```
+    ///
+    /// On smol and async-std, detach the task (`smol::spawn(client.driver()).detach()`):
+    /// there a task whose handle is dropped is cancelled.
     pub fn driver(&self) -> impl Future<Output = ()> + Send + 'static {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let mut retirement: Option<Pin<Box<timer::Sleep>>> = None;

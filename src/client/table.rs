@@ -1134,6 +1134,29 @@ async fn run(session: &mut LaneSession, batch: &[(OpKind, LockKey)]) -> Result<V
             .await?;
         return Ok(vec![Ok(all)]);
     }
+    // A batch of one (a quiet client) goes as the plain statement: the arrays and
+    // `unnest` of a batch cost more than the one operation they carry.
+    if let [(kind, key)] = batch {
+        let bound = Some(session.options().get_operation_timeout());
+        let single = match kind {
+            OpKind::Try(LockMode::Exclusive) => Some(sql::TRY_LOCK),
+            OpKind::Try(LockMode::Shared) => Some(sql::TRY_LOCK_SHARED),
+            OpKind::Unlock(LockMode::Exclusive) => Some(sql::UNLOCK),
+            OpKind::Unlock(LockMode::Shared) => Some(sql::UNLOCK_SHARED),
+            OpKind::Alive | OpKind::TryAll { .. } => None,
+        };
+        if let Some(sql) = single {
+            let args = session.args_for(*key)?;
+            let value: bool = session
+                .fetch_pinned(*key, Effect::Write, sql.for_key(*key), args, bound)
+                .await?;
+            return Ok(vec![Ok(value)]);
+        }
+        if let OpKind::Alive = kind {
+            session.check_alive(*key).await?;
+            return Ok(vec![Ok(true)]);
+        }
+    }
     let mut args = pid_args(session, key)?;
     let kinds: Vec<i32> = batch
         .iter()
