@@ -1,5 +1,9 @@
 //! The `tracing` feature: what pglock emits, captured as text from a real run against
 //! PostgreSQL (`cargo test --features tracing --test tracing`).
+//!
+//! A binary of its own, not a module of `tests/pg`: it needs the `tracing` feature, which
+//! CI turns on for this suite only (`cargo test --features tracing --test tracing`); as a
+//! module it would make that step compile and link the whole PostgreSQL suite again.
 #![cfg(feature = "tracing")]
 
 mod support;

@@ -3,6 +3,10 @@
 //! `LockClient`, whose locks share a few sessions. If the
 //! stand-in passes the same suite as the database, tests that swap it in are telling the
 //! truth.
+//!
+//! The one home of what every `DistributedLock` must do; PostgreSQL-only behaviour is in
+//! `tests/pg`. A binary of its own so `cargo test --test conformance` runs exactly the
+//! backend-independent contract (see `tests/README.md`).
 
 #[path = "../support/mod.rs"]
 mod support;

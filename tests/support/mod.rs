@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod examples;
 pub mod lanes;
+pub mod pgbouncer;
 pub mod rt;
 
 use std::time::{Duration, Instant};
@@ -45,6 +46,16 @@ fn no_database(err: &sqlx::Error) -> String {
         "cannot reach the test database ({err}); set DATABASE_URL to a PostgreSQL server, \
          or unset it to let the tests start a private cluster"
     )
+}
+
+/// The name the test harness knows a test by, for running it again in a child process
+/// (`--exact`): `module_path!()` without the crate, then the function, e.g.
+/// `test_name(module_path!(), "child")` in `tests/pg/loss.rs` is `loss::child`.
+pub fn test_name(module_path: &str, function: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_crate, module)) => format!("{module}::{function}"),
+        None => function.to_owned(),
+    }
 }
 
 /// A key no other test uses: the hash of the test's own name and this process.

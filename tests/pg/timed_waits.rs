@@ -4,7 +4,7 @@
 //! `statement_timeout`, leave the session's own timeouts as they were, and cost one
 //! statement per attempt (plus one race check after a time-out).
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! `LockOptions`, every `Error` variant (with `Database` errors from failed connections to
 //! URLs that carry a password) and the pool's options never show the password.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

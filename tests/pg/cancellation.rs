@@ -3,7 +3,7 @@
 //! leave the lock object giving sensible answers. Every claim is checked in `pg_locks`
 //! from other sessions.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -20,7 +20,7 @@
 //!   command (feature `cli`).
 //! - Once the standby is promoted, new locks on it work and `close` releases them.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::sync::OnceLock;

@@ -12,7 +12,7 @@
 //! although the client has been told `LockLost`. The tests assert that too, since it is
 //! what a caller must expect: `LockLost` means "stop the work", not "the key is free".
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! whatever the future did (returned, failed, panicked, or was dropped). Checked from
 //! outside: `pg_locks`, another session trying the key, and the pool's idle connections.
 
-mod support;
+use crate::support;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

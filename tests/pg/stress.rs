@@ -23,7 +23,7 @@
 //! checks, before it exits, that none of its sessions holds a key once its locks are
 //! closed: nothing is stranded (its exit would hide that).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,8 +46,11 @@ fn stress_database_url() -> String {
         .url()
 }
 
-/// The child test's name: what the parent runs in each child process.
-const CHILD_TEST: &str = "stress_child_process";
+/// The child test's name within this binary (`stress::stress_child_process`): what the
+/// parent runs in each child process.
+fn child_test() -> String {
+    support::test_name(module_path!(), "stress_child_process")
+}
 /// How long the parent waits for its children before it kills them and fails.
 const CHILD_LIMIT: Duration = Duration::from_secs(110);
 
@@ -481,7 +484,7 @@ fn run_children(params: &Params) -> Vec<String> {
         let mut cmd = Command::new(&exe);
         cmd.args([
             "--exact",
-            CHILD_TEST,
+            child_test().as_str(),
             "--ignored",
             "--nocapture",
             "--test-threads=1",

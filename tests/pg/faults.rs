@@ -31,7 +31,7 @@
 //! `PGLOCK_FAULT_CYCLES` sets the number of cycles (1,000 by default, for CI);
 //! `PGLOCK_FAULT_SEED` the seed.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -49,9 +49,8 @@
 //!   `xact` statements as unnamed statements (sqlx `.persistent(false)`: Parse and Bind
 //!   then happen inside the one transaction) would make them work on any PgBouncer.
 
-#[path = "support/pgbouncer.rs"]
-mod bouncer;
-mod support;
+use crate::support;
+use crate::support::pgbouncer as bouncer;
 
 use std::future::Future;
 use std::str::FromStr;

@@ -1,7 +1,7 @@
 //! Typed errors from the server (deadlock 40P01, lock table full 53200) keep the lock's
 //! record of its levels right, and every error's message says what to do.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@
 //!   after reporting the loss), new locks on the same pool work, and `pg_locks` shows
 //!   exactly the new holders.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::sync::Arc;

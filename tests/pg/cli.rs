@@ -4,7 +4,7 @@
 //! what builds the binary.
 #![cfg(feature = "cli")]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};

@@ -10,7 +10,7 @@
 //! parallel and each starts from a known schema.
 #![cfg(feature = "migrate")]
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::Path;

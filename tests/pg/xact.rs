@@ -3,7 +3,7 @@
 //! caller's transaction usable with its settings as they were. Checked from outside:
 //! `pg_locks`, and other sessions and transactions trying the key.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! a panic or a hang (every call is bounded), and leaves no lock behind (`pg_locks` shows
 //! no holder of the key at the end).
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

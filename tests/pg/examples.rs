@@ -7,7 +7,7 @@
 //! build examples, and an old binary left in `target/` would test old code. When the whole
 //! suite runs (`cargo test`) the examples are already built and that build is a no-op.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

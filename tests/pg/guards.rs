@@ -3,7 +3,7 @@
 //! lock itself is dropped. Every claim is checked from outside the lock: `pg_locks`, and
 //! another session trying the key.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

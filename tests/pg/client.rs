@@ -18,7 +18,7 @@
 //! - `try_lock_all_for` never deadlocks and leaves nothing behind when it times out.
 //! - A hot standby is refused, and nothing is taken there.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

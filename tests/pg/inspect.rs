@@ -2,7 +2,7 @@
 //! checked against `pg_locks` and `pg_stat_activity` read from another session, and the
 //! key mapping both ways against the server's own arithmetic.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Losing a lock: a terminated session, a killed process, and the `lost()` signal; and the
 //! hygiene a lock applies to (and takes back from) the sessions it owns.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -250,7 +250,7 @@ fn killed_child_process_frees_its_lock_within_two_seconds() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "child_holds_lock_until_killed",
+                support::test_name(module_path!(), "child_holds_lock_until_killed").as_str(),
                 "--ignored",
                 "--nocapture",
             ])

@@ -7,7 +7,7 @@
 //! async-std's `block_on` keeps several copies of the body's future in its stack frames,
 //! and unboxed bodies overflowed the test thread's 2 MiB stack.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
