@@ -1,11 +1,9 @@
 //! The providers under test, and a way to see holders and waiters from outside a lock.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pglock::memory::MemoryLocks;
 use pglock::{DistributedLock, LockClient, LockKey, LockProvider};
-use sqlx::Connection;
 
 use crate::support;
 
@@ -105,23 +103,8 @@ impl Backend {
 async fn terminate_holders(key: LockKey) -> usize {
     let mut pids = support::holders(key).await;
     pids.dedup(); // one row per mode held
-    let mut conn = support::connect().await;
-    for pid in &pids {
-        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .fetch_one(&mut conn)
-            .await
-            .expect("pg_terminate_backend");
-        assert!(ended, "pg_terminate_backend({pid})");
-    }
-    let _ = conn.close().await;
     for &pid in &pids {
-        support::eventually(
-            Duration::from_secs(10),
-            "a terminated backend is gone",
-            || async move { !support::backend_alive(pid).await },
-        )
-        .await;
+        support::terminate(pid).await;
     }
     pids.len()
 }

@@ -4,18 +4,12 @@
 
 use std::time::Duration;
 
-use pglock::{DistributedLock, Error, LockKey, LockMode};
+use pglock::{DistributedLock, Error, LockMode};
 
 use crate::backend::Backend;
 use crate::suite::{LIMIT, key, wait_for_waiters};
+use crate::support::assert_lock_lost;
 use crate::support::rt;
-
-fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: LockKey, what: &str) {
-    match result {
-        Err(Error::LockLost { key: k }) => assert_eq!(k, key, "{what}"),
-        other => panic!("{what}: expected Err(LockLost), got {other:?}"),
-    }
-}
 
 fn assert_not_held<T: std::fmt::Debug>(result: pglock::Result<T>, mode: LockMode, what: &str) {
     match result {

@@ -13,10 +13,10 @@ use futures_lite::future;
 use pglock::{AdvisoryLock, Error, LockKey, LockOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use support::WAIT;
+use support::assert_lock_lost;
 use support::rt;
 
-/// Bound on waits that should simply end.
-const WAIT: Duration = Duration::from_secs(10);
 /// How soon a cancelled wait must be gone from the server once the key is released.
 const FREED_WITHIN: Duration = Duration::from_secs(2);
 
@@ -153,14 +153,6 @@ async fn drop_while_waiting<T: std::fmt::Debug>(
     );
     let waiters = support::waiters(key).await;
     waiters.first().copied().unwrap_or(0)
-}
-
-/// Asserts `result` is `Err(Error::LockLost)` for `key`.
-fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: LockKey, what: &str) {
-    match result {
-        Err(Error::LockLost { key: lost }) => assert_eq!(lost, key, "{what}"),
-        other => panic!("{what}: expected Err(LockLost {{ key: {key} }}), got {other:?}"),
-    }
 }
 
 /// The stress: 200 rounds in which a holder releases after a random 0-30 ms and a

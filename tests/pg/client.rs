@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use pglock::{ClientLock, ClientOptions, Error, LockClient, LockKey, LockOptions};
 use sqlx::{Connection, PgConnection};
+use support::assert_lock_lost;
 use support::lanes::{self, XorShift};
 use support::rt;
 
@@ -51,13 +52,6 @@ impl Timed {
 impl Drop for Timed {
     fn drop(&mut self) {
         eprintln!("[{}] {}: {:?}", rt::NAME, self.0, self.1.elapsed());
-    }
-}
-
-fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: LockKey, what: &str) {
-    match result {
-        Err(Error::LockLost { key: lost }) => assert_eq!(lost, key, "{what}"),
-        other => panic!("{what}: expected Err(LockLost {{ key: {key} }}), got {other:?}"),
     }
 }
 
@@ -321,7 +315,7 @@ fn lost_futures_of_many_locks_on_one_lane_share_its_check_and_resolve_only_on_a_
             ),
             async {
                 rt::sleep(Duration::from_millis(50)).await;
-                lanes::terminate(lane).await;
+                support::terminate(lane).await;
             },
         )
         .await;
@@ -620,7 +614,7 @@ fn a_terminated_lane_loses_only_its_own_keys_reported_under_the_loss_rules_and_o
         assert_eq!(client.sessions(), 4);
 
         let killed = Instant::now();
-        lanes::terminate(lane0).await;
+        support::terminate(lane0).await;
         // lost() finds it first (its lane's liveness check).
         let lost = within(LIMIT, "x.lost()", x.lost()).await;
         assert!(
@@ -810,7 +804,7 @@ fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder
         let mut holder = client.lock(keys[0]);
         holder.lock().await.unwrap();
         let lane = the_holder(keys[0]).await;
-        lanes::terminate(lane).await;
+        support::terminate(lane).await;
 
         // Nothing has looked at the lane since: this try is the first statement on it.
         let mut newcomer = client.lock(keys[1]);
@@ -833,7 +827,7 @@ fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder
         // The same for a lock waiting to be tried on the lane, and for a set.
         let mut a = client.lock(keys[2]);
         a.lock().await.unwrap();
-        lanes::terminate(pid).await;
+        support::terminate(pid).await;
         let set = within(
             LIMIT,
             "try_lock_all",
@@ -1141,7 +1135,7 @@ fn a_wait_for_a_key_of_a_lane_that_is_terminated_meanwhile_loses_nothing_and_is_
         })
         .await;
         // The lane dies while the wait (on its own session) goes on.
-        lanes::terminate(lane).await;
+        support::terminate(lane).await;
         client.check_sessions().await.unwrap();
         assert_lock_lost(holder.is_held().await, keys[0], "the lane's holder");
         assert!(support::unlock_on(&mut plain, keys[1]).await);

@@ -15,16 +15,10 @@ use std::time::{Duration, Instant};
 
 use pglock::{AdvisoryLock, DistributedLock, Error, LockConnection, LockKey, LockMode, hash};
 use sqlx::{Acquire, Connection, PgConnection};
+use support::WAIT;
+use support::only;
+use support::only_holder;
 use support::rt;
-
-/// The bound on every wait that should end (a blocking lock, a task, a poll).
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The one element of `items`, failing the test otherwise.
-fn only<T: std::fmt::Debug>(mut items: Vec<T>) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one: {items:?}");
-    items.remove(0)
-}
 
 /// Whether `result` is `Err(Error::NotHeld)` for exactly `key` and `mode`.
 fn is_not_held<T>(result: &pglock::Result<T>, key: LockKey, mode: LockMode) -> bool {
@@ -33,11 +27,6 @@ fn is_not_held<T>(result: &pglock::Result<T>, key: LockKey, mode: LockMode) -> b
 
 fn is_closed<T>(result: &pglock::Result<T>) -> bool {
     matches!(result, Err(Error::Closed))
-}
-
-/// The pid `pg_locks` shows holding `key` now (exactly one session).
-async fn holder(key: LockKey) -> i32 {
-    only(support::holders(key).await)
 }
 
 #[test]
@@ -49,7 +38,7 @@ fn second_session_cannot_take_a_held_key_until_release() {
         let mut second = AdvisoryLock::new(&pool, key).await.unwrap();
 
         assert!(first.try_lock().await.unwrap());
-        let first_pid = holder(key).await;
+        let first_pid = only_holder(key).await;
         assert!(!second.try_lock().await.unwrap());
         assert!(
             !second.try_lock().await.unwrap(),
@@ -61,7 +50,7 @@ fn second_session_cannot_take_a_held_key_until_release() {
         first.unlock().await.unwrap();
         assert!(support::holders(key).await.is_empty());
         assert!(second.try_lock().await.unwrap());
-        let second_pid = holder(key).await;
+        let second_pid = only_holder(key).await;
         assert_ne!(second_pid, first_pid, "the two locks are two sessions");
         assert!(!first.try_lock().await.unwrap());
 
@@ -91,7 +80,7 @@ fn eight_stacked_exclusive_levels_need_eight_unlocks_before_another_session_gets
             }
             assert_eq!(stacked.exclusive_levels(), level);
         }
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(!other.try_lock().await.unwrap());
 
         for remaining in (1..=7).rev() {
@@ -141,7 +130,7 @@ fn negative_keys_lock_exclude_and_show_in_pg_locks_as_the_server_computes_them()
             let mut other = AdvisoryLock::new(&pool, key).await.unwrap();
 
             assert!(lock.try_lock().await.unwrap(), "{key}");
-            let pid = holder(key).await;
+            let pid = only_holder(key).await;
             assert_eq!(
                 support::holders_by_server_arithmetic(key).await,
                 vec![pid],
@@ -188,7 +177,7 @@ async fn blocking_acquire_waits_for_the_holder(test: &str, holder_mode: LockMode
         LockMode::Exclusive => assert!(holding.try_lock().await.unwrap()),
         LockMode::Shared => assert!(holding.try_lock_shared().await.unwrap()),
     }
-    let holder_pid = holder(key).await;
+    let holder_pid = only_holder(key).await;
 
     let acquired = Arc::new(AtomicBool::new(false));
     let task = rt::spawn({
@@ -402,7 +391,7 @@ fn one_session_holds_shared_and_exclusive_together_and_counts_them_apart() {
         let mut other = AdvisoryLock::new(&pool, key).await.unwrap();
 
         assert!(lock.try_lock().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(
             lock.try_lock_shared().await.unwrap(),
             "own exclusive must not block own shared"
@@ -589,8 +578,8 @@ fn different_keys_are_independent() {
             b.try_lock().await.unwrap(),
             "a different key is not blocked"
         );
-        let a_pid = holder(one).await;
-        let b_pid = holder(two).await;
+        let a_pid = only_holder(one).await;
+        let b_pid = only_holder(two).await;
         assert_ne!(a_pid, b_pid);
         a.unlock().await.unwrap();
         assert_eq!(
@@ -775,7 +764,7 @@ fn is_held_follows_pg_locks() {
             .await
             .expect("lock()")
             .unwrap();
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(lock.is_held().await.unwrap());
         assert!(
             !other.is_held().await.unwrap(),
@@ -1032,7 +1021,7 @@ fn from_acquire_over_a_pool_takes_a_dedicated_connection() {
         let mut lock = AdvisoryLock::from_acquire(&pool, key).await.unwrap();
         assert_eq!(lock.key(), key);
         assert!(lock.try_lock().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         lock.unlock().await.unwrap();
         lock_and_unlock_on(&mut lock, pid).await;
         // The pool's other connection is a different session.
@@ -1231,7 +1220,7 @@ fn try_lock_for_gives_up_after_its_timeout_and_takes_nothing() {
         let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
         let mut timed = AdvisoryLock::new(&pool, key).await.unwrap();
         assert!(holding.try_lock().await.unwrap());
-        let holder_pid = holder(key).await;
+        let holder_pid = only_holder(key).await;
 
         for mode in [LockMode::Exclusive, LockMode::Shared] {
             let start = Instant::now();
@@ -1307,7 +1296,7 @@ fn try_lock_for_acquires_when_the_holder_releases_within_the_timeout() {
             .await
             .expect("try_lock_for returns after the release");
             assert!(got.unwrap(), "{mode}: not acquired after the release");
-            let pid = holder(key).await;
+            let pid = only_holder(key).await;
             assert!(timed.is_held().await.unwrap());
             match mode {
                 LockMode::Exclusive => timed.unlock().await.unwrap(),

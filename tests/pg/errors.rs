@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use pglock::{AdvisoryLock, Error, LockKey, LockMode};
 use sqlx::{Connection, PgConnection};
+use support::WAIT;
 use support::cluster::PrivateCluster;
 use support::rt;
 
-/// Bound on waits that should simply end.
-const WAIT: Duration = Duration::from_secs(10);
 /// PostgreSQL's default `deadlock_timeout` is 1 s; the check runs after it.
 const DEADLOCK_FOUND_WITHIN: Duration = Duration::from_secs(3);
 

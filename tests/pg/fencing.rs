@@ -23,11 +23,11 @@ use pglock::fencing::{self, FencingToken};
 use pglock::{AdvisoryLock, Error, LockKey};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use support::WAIT;
 use support::cluster::PrivateCluster;
+use support::only_holder;
 use support::rt;
-
-/// The bound on every wait that should end (a blocking lock, a task, a poll).
-const WAIT: Duration = Duration::from_secs(10);
+use support::terminate;
 
 /// How long the `fencing` example may run before the test kills it and fails.
 const EXAMPLE_LIMIT: Duration = Duration::from_secs(60);
@@ -119,17 +119,6 @@ async fn stored_token(pool: &PgPool, key: LockKey) -> Option<i64> {
         .expect("read pglock_fencing_tokens")
 }
 
-/// The one pid `pg_locks` shows holding `key`.
-async fn holder(key: LockKey) -> i32 {
-    let pids = support::holders(key).await;
-    assert_eq!(
-        pids.len(),
-        1,
-        "expected exactly one holder of {key}: {pids:?}"
-    );
-    pids[0]
-}
-
 /// Whether another session on `db` can take `key` right now (it lets go at once).
 async fn free_in(db: &TestDb, key: LockKey) -> bool {
     let mut conn = db.connect().await;
@@ -139,18 +128,6 @@ async fn free_in(db: &TestDb, key: LockKey) -> bool {
     }
     let _ = conn.close().await;
     took
-}
-
-/// Ends the session with backend `pid` from another connection.
-async fn terminate(pid: i32) {
-    let mut conn = support::connect().await;
-    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .expect("pg_terminate_backend");
-    assert!(ended, "pg_terminate_backend({pid}) found no such backend");
-    let _ = conn.close().await;
 }
 
 #[test]
@@ -399,7 +376,7 @@ fn a_paused_holder_is_refused_by_check_after_a_new_holder_wrote() {
         let mut a = AdvisoryLock::new(&pool, key).await.unwrap();
         let t = a.lock_fenced().await.unwrap();
         assert_eq!(t, FencingToken(1));
-        let a_pid = holder(key).await;
+        let a_pid = only_holder(key).await;
 
         // A "pauses": its session dies, and the server frees the key.
         terminate(a_pid).await;
@@ -411,7 +388,7 @@ fn a_paused_holder_is_refused_by_check_after_a_new_holder_wrote() {
             .expect("b gets the key once a's session is gone")
             .unwrap();
         assert_eq!(t_b.get(), t.get() + 1);
-        assert_ne!(holder(key).await, a_pid);
+        assert_ne!(only_holder(key).await, a_pid);
         let mut tx = pool.begin().await.unwrap();
         fencing::check(&mut tx, key, t_b)
             .await
@@ -527,7 +504,7 @@ fn check_holds_back_a_new_holders_token_until_the_checking_transaction_commits()
             support::holders(key).await.len() == 1
         })
         .await;
-        let b_pid = holder(key).await;
+        let b_pid = only_holder(key).await;
         let pool_ref = &pool;
         support::eventually(WAIT, "b waits on the token row's lock", || async move {
             let wait: Option<String> =

@@ -7,50 +7,12 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use pglock::{AdvisoryLock, Error, LockKey, LockMode};
-use sqlx::{Connection, PgPool};
+use pglock::{AdvisoryLock, Error, LockMode};
+use sqlx::Connection;
+use support::assert_pool_holds_no_advisory_lock;
+use support::only_holder;
 use support::rt;
-
-/// The bound on every wait that should end.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The one element of `items`, failing the test otherwise.
-fn only<T: std::fmt::Debug>(mut items: Vec<T>) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one: {items:?}");
-    items.remove(0)
-}
-
-/// The pid `pg_locks` shows holding `key` now (exactly one session).
-async fn holder(key: LockKey) -> i32 {
-    only(support::holders(key).await)
-}
-
-/// Every pool connection is back, and none of them holds or waits for an advisory lock.
-async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
-    support::settled(pool, WAIT).await;
-    for (pid, locks) in support::advisory_locks_of_idle(pool).await {
-        assert_eq!(
-            locks, 0,
-            "idle pool connection (pid {pid}) holds an advisory lock"
-        );
-    }
-}
-
-/// Ends the backend `pid` from another session and waits until it is gone.
-async fn terminate(pid: i32) {
-    let mut conn = support::connect().await;
-    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .expect("pg_terminate_backend");
-    assert!(ended, "backend {pid} was there to terminate");
-    let _ = conn.close().await;
-    support::eventually(WAIT, "the terminated backend is gone", || async move {
-        !support::backend_alive(pid).await
-    })
-    .await;
-}
+use support::terminate;
 
 #[test]
 fn lock_guard_holds_the_key_and_release_frees_it_at_once() {
@@ -62,7 +24,7 @@ fn lock_guard_holds_the_key_and_release_frees_it_at_once() {
         let guard = lock.lock_guard().await.unwrap();
         assert_eq!(guard.mode(), LockMode::Exclusive);
         assert_eq!(guard.key(), key);
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert_eq!(
             support::holders_with_mode(key).await,
             vec![(pid, "ExclusiveLock".to_owned())]
@@ -90,7 +52,7 @@ fn dropped_guard_keeps_the_key_until_is_held_releases_it() {
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         let guard = lock.lock_guard().await.unwrap();
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         drop(guard);
 
         // Drop cannot reach the server: the level is owed, the key still held.
@@ -115,7 +77,7 @@ fn dropped_guard_is_released_before_the_next_try_lock_takes_a_new_level() {
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         drop(lock.lock_guard().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(!support::free_for_another_session(key).await);
 
         // try_lock releases the owed level, then takes one: one level in all, so one
@@ -146,7 +108,7 @@ fn dropped_guard_then_close_frees_the_key() {
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         drop(lock.lock_guard().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(!support::free_for_another_session(key).await);
 
         lock.close().await.unwrap();
@@ -166,7 +128,7 @@ fn dropped_guard_then_dropped_lock_frees_the_key_with_its_connection() {
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         drop(lock.lock_guard().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert!(!support::free_for_another_session(key).await);
 
         drop(lock);
@@ -297,7 +259,7 @@ fn try_lock_guard_is_none_while_held_elsewhere_and_some_when_free() {
             .await
             .unwrap()
             .expect("the key is free");
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         assert_ne!(pid, other_pid);
         assert!(!support::try_lock_on(&mut other, key).await);
         guard.release().await.unwrap();
@@ -314,7 +276,7 @@ fn try_lock_guard_is_none_while_held_elsewhere_and_some_when_free() {
             "a free key is granted without waiting: {:?}",
             start.elapsed()
         );
-        assert_eq!(holder(key).await, pid);
+        assert_eq!(only_holder(key).await, pid);
         guard.release().await.unwrap();
 
         let guard = lock
@@ -346,7 +308,7 @@ fn dropping_a_guard_over_stacked_levels_releases_only_its_own_level() {
         lock.lock().await.unwrap();
         lock.lock().await.unwrap();
         let guard = lock.lock_guard().await.unwrap();
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         drop(guard);
 
         // Flush the owed level: two manual levels remain.
@@ -423,7 +385,7 @@ fn guard_release_after_the_session_was_terminated_is_lock_lost() {
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         let guard = lock.lock_guard().await.unwrap();
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         terminate(pid).await;
         assert!(support::holders(key).await.is_empty());
 
@@ -448,7 +410,7 @@ fn dropped_guard_after_the_session_was_terminated_is_accounted_for_silently_and_
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         drop(lock.lock_guard().await.unwrap());
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         terminate(pid).await;
 
         // The dropped guard gave its level up: nobody is left to tell of its loss, and
@@ -460,7 +422,7 @@ fn dropped_guard_after_the_session_was_terminated_is_accounted_for_silently_and_
         );
         assert!(support::free_for_another_session(key).await);
         assert!(lock.try_lock().await.unwrap());
-        assert_ne!(holder(key).await, pid);
+        assert_ne!(only_holder(key).await, pid);
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;

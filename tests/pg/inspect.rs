@@ -11,21 +11,9 @@ use pglock::inspect::{self, LockInfo};
 use pglock::{AdvisoryLock, LockKey, LockMode, LockOptions};
 use sqlx::Connection;
 use sqlx::postgres::PgConnectOptions;
+use support::WAIT;
+use support::only_holder;
 use support::rt;
-
-/// The bound on every wait that should end (a blocking lock, a task, a poll).
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The one pid `pg_locks` shows holding `key`.
-async fn holder(key: LockKey) -> i32 {
-    let pids = support::holders(key).await;
-    assert_eq!(
-        pids.len(),
-        1,
-        "expected exactly one holder of {key}: {pids:?}"
-    );
-    pids[0]
-}
 
 /// Whether the test database is reached over TCP (not a Unix socket), so the server
 /// knows a client address.
@@ -47,7 +35,7 @@ fn locks_on_shows_the_holder_with_its_pid_mode_and_session() {
             .unwrap()
             .with_options(LockOptions::new().application_name("pglock"));
         lock.lock().await.unwrap();
-        let pid = holder(key).await;
+        let pid = only_holder(key).await;
         let infos = inspect::locks_on(&pool, key).await.unwrap();
         assert_eq!(infos.len(), 1, "{infos:#?}");
         let info = &infos[0];
@@ -291,7 +279,7 @@ fn keys_decode_in_both_key_spaces_including_negatives() {
             let infos = inspect::locks_on(&pool, key).await.unwrap();
             assert_eq!(infos.len(), 1);
             assert_eq!(infos[0].key, key);
-            assert_eq!(infos[0].pid, holder(key).await);
+            assert_eq!(infos[0].pid, only_holder(key).await);
             lock.unlock().await.unwrap();
             lock.close().await.unwrap();
         }

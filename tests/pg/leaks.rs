@@ -14,19 +14,14 @@ use std::time::{Duration, Instant};
 use pglock::{AdvisoryLock, Error, LockKey};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use support::WAIT;
+use support::assert_pool_holds_no_advisory_lock;
+use support::only;
 use support::rt;
-
-/// The bound on every wait that should end (a blocking lock, a task, a poll).
-const WAIT: Duration = Duration::from_secs(10);
+use support::terminate;
 
 /// How soon another session must get a key its holder let go of.
 const FREED_WITHIN: Duration = Duration::from_secs(1);
-
-/// The one element of `items`, failing the test otherwise.
-fn only<T: std::fmt::Debug>(mut items: Vec<T>) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one: {items:?}");
-    items.remove(0)
-}
 
 /// Takes `exclusive` exclusive and `shared` shared levels on `lock`, mixing the blocking
 /// and try forms, and returns the pid `pg_locks` shows holding them.
@@ -62,18 +57,6 @@ async fn take_levels(lock: &mut AdvisoryLock, exclusive: u32, shared: u32) -> i3
         "one session: {holders:?}"
     );
     pid
-}
-
-/// Asserts that no connection of `pool` holds or waits for any advisory lock: waits until
-/// every connection is back in the pool, then looks at each one in `pg_locks`.
-async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
-    support::settled(pool, WAIT).await;
-    for (pid, locks) in support::advisory_locks_of_idle(pool).await {
-        assert_eq!(
-            locks, 0,
-            "pool connection {pid} holds {locks} advisory lock(s)"
-        );
-    }
 }
 
 /// Polls (every 20 ms) until `conn`, another session, takes `key` exclusively with
@@ -583,22 +566,6 @@ fn close_after_a_cancelled_is_held_still_releases_every_level() {
         assert!(support::free_for_another_session(key).await);
         assert_pool_holds_no_advisory_lock(&pool).await;
     }));
-}
-
-/// Ends the backend `pid` from another session, as an administrator (or a crash) would.
-async fn terminate(pid: i32) {
-    let mut conn = support::connect().await;
-    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(done, "pg_terminate_backend({pid})");
-    conn.close().await.unwrap();
-    support::eventually(WAIT, "the terminated backend is gone", || async {
-        !support::backend_alive(pid).await
-    })
-    .await;
 }
 
 #[test]

@@ -9,41 +9,11 @@ use std::time::{Duration, Instant};
 use pglock::{AdvisoryLock, Error, LockKey, LockOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use support::WAIT;
+use support::assert_lock_lost;
+use support::only_holder;
 use support::rt;
-
-/// Bound on waits that should simply end.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The one pid `pg_locks` shows holding `key`.
-async fn only_holder(key: LockKey) -> i32 {
-    let holders = support::holders(key).await;
-    assert_eq!(holders.len(), 1, "exactly one holder of {key}: {holders:?}");
-    holders[0]
-}
-
-/// Ends the backend `pid` from another session, as an operator (or a failover) would,
-/// and waits until it is gone.
-async fn terminate(pid: i32) {
-    let mut conn = support::connect().await;
-    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(ended, "pg_terminate_backend({pid})");
-    conn.close().await.unwrap();
-    support::eventually(WAIT, "the terminated backend is gone", || async {
-        !support::backend_alive(pid).await
-    })
-    .await;
-}
-
-fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: LockKey, what: &str) {
-    match result {
-        Err(Error::LockLost { key: lost }) => assert_eq!(lost, key, "{what}"),
-        other => panic!("{what}: expected Err(LockLost {{ key: {key} }}), got {other:?}"),
-    }
-}
+use support::terminate;
 
 #[test]
 fn terminated_session_makes_the_next_unlock_or_is_held_report_lock_lost_then_reconnects() {

@@ -12,22 +12,10 @@ use futures_lite::FutureExt;
 use futures_lite::future::zip;
 use pglock::memory::MemoryLocks;
 use pglock::{LockProvider, try_with_lock, with_lock, with_lock_for, with_lock_shared};
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
+use support::WAIT;
+use support::assert_pool_holds_no_advisory_lock;
 use support::rt;
-
-/// The bound on every wait that should end.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Every pool connection is back, and none of them holds or waits for an advisory lock.
-async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
-    support::settled(pool, WAIT).await;
-    for (pid, locks) in support::advisory_locks_of_idle(pool).await {
-        assert_eq!(
-            locks, 0,
-            "idle pool connection (pid {pid}) holds an advisory lock"
-        );
-    }
-}
 
 /// Raises `max` to `value` if it is higher.
 fn raise(max: &AtomicUsize, value: usize) {

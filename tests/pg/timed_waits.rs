@@ -11,16 +11,15 @@ use std::time::{Duration, Instant};
 
 use pglock::{AdvisoryLock, DistributedLock, LockKey, LockMode};
 use sqlx::{Connection, PgConnection, PgPool};
+use support::WAIT;
 use support::cluster::PrivateCluster;
+use support::only_holder;
 use support::rt;
 
 /// How late past its bound a timed wait that gives up may return.
 const GIVE_UP_SLACK: Duration = Duration::from_millis(250);
 /// How soon after the holder's release a waiting timed call must return `Ok(true)`.
 const GRANT_SLACK: Duration = Duration::from_millis(250);
-/// Bound on waits that should simply end.
-const WAIT: Duration = Duration::from_secs(10);
-
 /// Which API a timed attempt goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
@@ -107,13 +106,6 @@ async fn release(conn: &mut PgConnection, key: LockKey, mode: LockMode) {
         LockMode::Shared => support::unlock_shared_on(conn, key).await,
     };
     assert!(released, "the holder session releases {key}");
-}
-
-/// The one pid `pg_locks` shows holding `key`.
-async fn only_holder(key: LockKey) -> i32 {
-    let holders = support::holders(key).await;
-    assert_eq!(holders.len(), 1, "exactly one holder of {key}: {holders:?}");
-    holders[0]
 }
 
 fn assert_gave_up_in_time(

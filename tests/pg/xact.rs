@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future::zip;
 use pglock::{Error, LockKey, xact};
 // Table names below are our own (`support::unique_table`), never input.
-use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
+use support::WAIT;
+use support::assert_pool_holds_no_advisory_lock;
 use support::rt;
-
-/// The bound on every wait that should end.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// `SELECT 1` in the transaction: it is usable (not aborted).
 async fn select_one(tx: &mut Transaction<'_, Postgres>) {
@@ -31,17 +30,6 @@ async fn held_elsewhere(key: LockKey) -> (sqlx::PgConnection, i32) {
     assert!(support::try_lock_on(&mut conn, key).await);
     let pid = support::backend_pid(&mut conn).await;
     (conn, pid)
-}
-
-/// Every pool connection is back, and none of them holds or waits for an advisory lock.
-async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
-    support::settled(pool, WAIT).await;
-    for (pid, locks) in support::advisory_locks_of_idle(pool).await {
-        assert_eq!(
-            locks, 0,
-            "idle pool connection (pid {pid}) holds an advisory lock"
-        );
-    }
 }
 
 #[test]

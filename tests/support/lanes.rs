@@ -10,7 +10,7 @@ use std::time::Duration;
 use pglock::LockKey;
 use sqlx::Connection;
 
-use super::{connect_at, database_url, eventually};
+use super::{connect_at, database_url};
 
 /// The lane of `lanes` a key the client does not hold yet goes to: the client's own
 /// spreading (`lane_for` in `src/client/table.rs`), copied so that a test can pick keys
@@ -116,25 +116,6 @@ pub async fn waiter_pids(keys: &[LockKey]) -> BTreeSet<i32> {
 /// Whether nobody holds or waits for any of `keys`.
 pub async fn untouched(keys: &[LockKey]) -> bool {
     rows(keys).await.is_empty()
-}
-
-/// `pg_terminate_backend(pid)` from a session of our own, waiting (up to 10 s) until the
-/// backend is gone.
-pub async fn terminate(pid: i32) {
-    let mut conn = super::connect().await;
-    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut conn)
-        .await
-        .expect("pg_terminate_backend");
-    let _ = conn.close().await;
-    assert!(ended, "pg_terminate_backend({pid})");
-    eventually(
-        Duration::from_secs(10),
-        "a terminated backend is gone",
-        || async move { !super::backend_alive(pid).await },
-    )
-    .await;
 }
 
 /// Every future, polled side by side on this task; their outputs in order.

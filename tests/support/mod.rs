@@ -16,6 +16,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 
 pub use cluster::database_url;
 
+/// The bound on every wait that should simply end (a blocking lock, a task, a poll).
+pub const WAIT: Duration = Duration::from_secs(10);
+
 /// A new pool on the test database, for one test.
 pub async fn pool() -> PgPool {
     pool_with(16).await
@@ -406,4 +409,53 @@ pub async fn backend_pid_of_application(url: &str, application_name: &str) -> i3
     .expect("query pg_stat_activity");
     let _ = conn.close().await;
     pid
+}
+
+/// The one element of `items`, failing the test otherwise.
+pub fn only<T: std::fmt::Debug>(mut items: Vec<T>) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one: {items:?}");
+    items.remove(0)
+}
+
+/// The pid `pg_locks` shows holding `key` now (exactly one session).
+pub async fn only_holder(key: LockKey) -> i32 {
+    let pids = holders(key).await;
+    assert_eq!(pids.len(), 1, "exactly one holder of {key}: {pids:?}");
+    pids[0]
+}
+
+/// Every pool connection is back, and none of them holds or waits for an advisory lock.
+pub async fn assert_pool_holds_no_advisory_lock(pool: &PgPool) {
+    settled(pool, WAIT).await;
+    for (pid, locks) in advisory_locks_of_idle(pool).await {
+        assert_eq!(
+            locks, 0,
+            "idle pool connection (pid {pid}) holds {locks} advisory lock(s)"
+        );
+    }
+}
+
+/// `pg_terminate_backend(pid)` from a session of our own, as an operator (or a failover)
+/// would, waiting (up to [`WAIT`]) until the backend is gone.
+pub async fn terminate(pid: i32) {
+    let mut conn = connect().await;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_terminate_backend");
+    let _ = conn.close().await;
+    assert!(ended, "pg_terminate_backend({pid})");
+    eventually(WAIT, "a terminated backend is gone", || async move {
+        !backend_alive(pid).await
+    })
+    .await;
+}
+
+/// Fails unless `result` is `Err(Error::LockLost)` for exactly `key`.
+pub fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: LockKey, what: &str) {
+    match result {
+        Err(pglock::Error::LockLost { key: lost }) => assert_eq!(lost, key, "{what}"),
+        other => panic!("{what}: expected Err(LockLost {{ key: {key} }}), got {other:?}"),
+    }
 }
