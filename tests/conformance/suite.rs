@@ -134,6 +134,15 @@ pub async fn closed_lock_refuses_every_operation_and_closes_twice(backend: Backe
     assert!(matches!(a.unlock_shared().await, Err(Error::Closed)));
     assert!(matches!(a.is_held().await, Err(Error::Closed)));
     a.close().await.unwrap();
+    // A lock that never held anything closes the same way: Closed, not NotHeld, after.
+    let mut b = backend.lock(key).await;
+    b.close().await.unwrap();
+    assert!(matches!(b.try_lock().await, Err(Error::Closed)));
+    assert!(
+        matches!(b.unlock().await, Err(Error::Closed)),
+        "Closed, not NotHeld, after close"
+    );
+    b.close().await.unwrap();
 }
 
 pub async fn close_frees_the_key_for_another_session(backend: Backend) {
@@ -276,14 +285,43 @@ pub async fn timed_wait_succeeds_when_released_inside_the_window(backend: Backen
 
 pub async fn zero_timeout_is_a_plain_try(backend: Backend) {
     let key = key("zero-timeout");
+    // As fast as a try: well under the bound a timed wait may overrun by.
+    let at_once = Duration::from_millis(250);
     let mut a = backend.lock(key).await;
     let mut b = backend.lock(key).await;
     assert!(a.try_lock_for(Duration::ZERO).await.unwrap());
-    let started = Instant::now();
-    assert!(!b.try_lock_for(Duration::ZERO).await.unwrap());
-    assert!(!b.try_lock_shared_for(Duration::ZERO).await.unwrap());
-    assert!(started.elapsed() < Duration::from_secs(1));
+    for mode in [LockMode::Exclusive, LockMode::Shared] {
+        let started = Instant::now();
+        let acquired = match mode {
+            LockMode::Exclusive => b.try_lock_for(Duration::ZERO).await.unwrap(),
+            LockMode::Shared => b.try_lock_shared_for(Duration::ZERO).await.unwrap(),
+        };
+        let took = started.elapsed();
+        assert!(!acquired, "{mode} on a held key");
+        assert!(
+            took < at_once,
+            "{mode}: zero timeout on a held key took {took:?}"
+        );
+    }
     a.close().await.unwrap();
+    // On a free key it takes the level at once, in either mode, and one lock holds both.
+    for mode in [LockMode::Exclusive, LockMode::Shared] {
+        let started = Instant::now();
+        let acquired = match mode {
+            LockMode::Exclusive => b.try_lock_for(Duration::ZERO).await.unwrap(),
+            LockMode::Shared => b.try_lock_shared_for(Duration::ZERO).await.unwrap(),
+        };
+        let took = started.elapsed();
+        assert!(acquired, "{mode} on a free key");
+        assert!(
+            took < at_once,
+            "{mode}: zero timeout on a free key took {took:?}"
+        );
+    }
+    assert_eq!(backend.holders(key).await, 1, "one session, both modes");
+    b.unlock().await.unwrap();
+    b.unlock_shared().await.unwrap();
+    assert_eq!(backend.holders(key).await, 0);
     b.close().await.unwrap();
 }
 
@@ -350,6 +388,7 @@ pub async fn many_tasks_on_one_key_never_overlap(backend: Backend) {
             .expect("task finished");
     }
     assert_eq!(entries.load(Ordering::SeqCst), 80);
+    assert_eq!(backend.holders(key).await, 0, "every task let go");
 }
 
 pub async fn is_held_reports_any_mode(backend: Backend) {
@@ -369,8 +408,22 @@ pub async fn is_held_reports_any_mode(backend: Backend) {
 
 pub async fn lost_resolves_at_once_without_levels_and_not_while_held(backend: Backend) {
     let key = key("lost");
+    let at_once = Duration::from_millis(100);
     let mut a = backend.lock(key).await;
-    assert!(matches!(a.lost().await, Error::NotHeld { .. }));
+    let lost = rt::timeout(at_once, a.lost())
+        .await
+        .expect("resolves at once");
+    assert!(
+        matches!(lost, Error::NotHeld { key: k, .. } if k == key),
+        "{lost:?}"
+    );
+    // After a lock/unlock pair too.
+    a.lock().await.unwrap();
+    a.unlock().await.unwrap();
+    let lost = rt::timeout(at_once, a.lost())
+        .await
+        .expect("resolves at once");
+    assert!(matches!(lost, Error::NotHeld { .. }), "{lost:?}");
     a.lock().await.unwrap();
     assert!(
         rt::timeout(Duration::from_millis(1500), a.lost())
@@ -383,5 +436,8 @@ pub async fn lost_resolves_at_once_without_levels_and_not_while_held(backend: Ba
         "still held after the lost() race"
     );
     a.close().await.unwrap();
-    assert!(matches!(a.lost().await, Error::Closed));
+    let lost = rt::timeout(at_once, a.lost())
+        .await
+        .expect("resolves at once");
+    assert!(matches!(lost, Error::Closed), "{lost:?}");
 }

@@ -14,6 +14,7 @@ use pglock::{AdvisoryLock, Error, LockKey, LockOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use support::WAIT;
+use support::XorShift;
 use support::assert_lock_lost;
 use support::rt;
 
@@ -78,23 +79,6 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         let _ = to.shutdown(Shutdown::Write);
         let _ = from.shutdown(Shutdown::Read);
     });
-}
-
-/// A fixed-seed xorshift64 generator: the same "random" schedule on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `0..=max`.
-    fn up_to(&mut self, max: u64) -> u64 {
-        self.next() % (max + 1)
-    }
 }
 
 /// Blocks (bounded) until `conn` holds `key` exclusively (`shared`: in shared mode).
@@ -167,15 +151,15 @@ fn two_hundred_randomly_timed_cancellations_leave_no_grant_waiter_or_dirty_conne
         let key = support::key("two_hundred_randomly_timed_cancellations");
         let mut holder = support::connect().await;
         let mut waiter = AdvisoryLock::new(&pool, key).await.unwrap();
-        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
         let (mut acquired, mut cancelled, mut lost_reported) = (0, 0, 0);
         let mut slowest_holder_take = Duration::ZERO;
         let mut slowest_free = Duration::ZERO;
 
         for round in 1..=200 {
-            let shared_before = rng.up_to(3) == 0;
-            let hold = Duration::from_millis(rng.up_to(30));
-            let give_up = Duration::from_millis(rng.up_to(30));
+            let shared_before = rng.below(4) == 0;
+            let hold = Duration::from_millis(rng.below(31));
+            let give_up = Duration::from_millis(rng.below(31));
             if shared_before {
                 rt::timeout(WAIT, waiter.lock_shared())
                     .await

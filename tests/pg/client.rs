@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use pglock::{ClientLock, ClientOptions, Error, LockClient, LockKey, LockOptions};
 use sqlx::{Connection, PgConnection};
+use support::XorShift;
 use support::assert_lock_lost;
-use support::lanes::{self, XorShift};
+use support::lanes;
 use support::rt;
 
 /// The bound on waits that should simply end.

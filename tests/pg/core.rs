@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use pglock::{AdvisoryLock, DistributedLock, Error, LockConnection, LockKey, LockMode, hash};
 use sqlx::{Acquire, Connection, PgConnection};
 use support::WAIT;
+use support::XorShift;
 use support::only;
 use support::only_holder;
 use support::rt;
@@ -496,74 +497,6 @@ fn five_shared_readers_hold_the_key_concurrently() {
 }
 
 #[test]
-fn exclusive_lock_serialises_read_modify_write_of_sixteen_tasks() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(20).await;
-        let key = support::key("exclusive_lock_serialises_read_modify_write");
-        let table = support::unique_table("pglock_counter");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {table} VALUES (1, 0)"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-
-        let tasks: Vec<_> = (0..16)
-            .map(|_| {
-                let (pool, table) = (pool.clone(), table.clone());
-                rt::spawn(async move {
-                    let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
-                    rt::timeout(Duration::from_secs(30), lock.lock())
-                        .await
-                        .expect("lock() within 30 s")
-                        .unwrap();
-                    let n: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT n FROM {table} WHERE id = 1"
-                    )))
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-                    rt::sleep(Duration::from_millis(5)).await;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "UPDATE {table} SET n = $1 WHERE id = 1"
-                    )))
-                    .bind(n + 1)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                    lock.unlock().await.unwrap();
-                    lock.close().await.unwrap();
-                })
-            })
-            .collect();
-        for task in tasks {
-            rt::timeout(Duration::from_secs(60), task)
-                .await
-                .expect("counter task finishes");
-        }
-
-        let n: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT n FROM {table} WHERE id = 1"
-        )))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        assert_eq!(n, 16, "lost updates: the exclusive lock did not serialise");
-        assert!(support::holders(key).await.is_empty());
-    }));
-}
-
-#[test]
 fn different_keys_are_independent() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
@@ -729,23 +662,6 @@ fn close_releases_every_level_then_every_operation_is_closed_and_close_again_is_
         lock.close().await.expect("a second close is Ok");
         lock.close().await.expect("a third close is Ok");
         assert!(is_closed(&lock.try_lock().await));
-    }));
-}
-
-#[test]
-fn close_of_a_lock_that_holds_nothing_is_ok_and_closes_it() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(4).await;
-        let key = support::key("close_of_a_lock_that_holds_nothing");
-        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
-        lock.close().await.unwrap();
-        assert!(lock.is_closed());
-        assert!(is_closed(&lock.try_lock().await));
-        assert!(
-            is_closed(&lock.unlock().await),
-            "Closed, not NotHeld, after close"
-        );
-        lock.close().await.unwrap();
     }));
 }
 
@@ -1149,22 +1065,10 @@ fn hashed_name_locks_the_same_key_as_its_number() {
     }));
 }
 
-/// xorshift64*: a fixed, dependency-free stream of pseudo-random numbers.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 #[test]
 fn display_and_from_str_round_trip_for_ten_thousand_random_keys_of_both_kinds() {
     rt::run(Box::pin(async {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
         let edges = [
             LockKey::BigInt(0),
             LockKey::BigInt(-1),
@@ -1209,103 +1113,6 @@ fn display_and_from_str_round_trip_for_ten_thousand_random_keys_of_both_kinds() 
             bigints >= 5000 && pairs >= 5000,
             "{bigints} bigints, {pairs} pairs"
         );
-    }));
-}
-
-#[test]
-fn try_lock_for_gives_up_after_its_timeout_and_takes_nothing() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(4).await;
-        let key = support::key("try_lock_for_gives_up_after_its_timeout");
-        let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
-        let mut timed = AdvisoryLock::new(&pool, key).await.unwrap();
-        assert!(holding.try_lock().await.unwrap());
-        let holder_pid = only_holder(key).await;
-
-        for mode in [LockMode::Exclusive, LockMode::Shared] {
-            let start = Instant::now();
-            let got = rt::timeout(WAIT, async {
-                match mode {
-                    LockMode::Exclusive => timed.try_lock_for(Duration::from_millis(300)).await,
-                    LockMode::Shared => timed.try_lock_shared_for(Duration::from_millis(300)).await,
-                }
-            })
-            .await
-            .expect("try_lock_for returns within the wait bound")
-            .unwrap();
-            let waited = start.elapsed();
-            assert!(!got, "{mode}: acquired a key held exclusively elsewhere");
-            assert!(
-                waited >= Duration::from_millis(250),
-                "{mode}: gave up after {waited:?}, before its 300 ms"
-            );
-            assert_eq!((timed.exclusive_levels(), timed.shared_levels()), (0, 0));
-            assert!(
-                support::waiters(key).await.is_empty(),
-                "{mode}: a wait was left"
-            );
-            assert_eq!(support::holders(key).await, vec![holder_pid]);
-            assert!(!timed.is_held().await.unwrap());
-        }
-
-        // A zero timeout is a plain try.
-        assert!(!timed.try_lock_for(Duration::ZERO).await.unwrap());
-        holding.unlock().await.unwrap();
-        assert!(timed.try_lock_for(Duration::ZERO).await.unwrap());
-        assert!(
-            timed
-                .try_lock_shared_for(Duration::from_millis(50))
-                .await
-                .unwrap()
-        );
-        assert_eq!((timed.exclusive_levels(), timed.shared_levels()), (1, 1));
-        timed.close().await.unwrap();
-        holding.close().await.unwrap();
-        assert!(support::holders(key).await.is_empty());
-    }));
-}
-
-#[test]
-fn try_lock_for_acquires_when_the_holder_releases_within_the_timeout() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(4).await;
-        let key = support::key("try_lock_for_acquires_when_the_holder_releases");
-        let mut holding = AdvisoryLock::new(&pool, key).await.unwrap();
-        let mut timed = AdvisoryLock::new(&pool, key).await.unwrap();
-
-        for mode in [LockMode::Exclusive, LockMode::Shared] {
-            assert!(holding.try_lock().await.unwrap());
-            let (got, ()) = rt::timeout(
-                WAIT,
-                futures_lite::future::zip(
-                    async {
-                        match mode {
-                            LockMode::Exclusive => timed.try_lock_for(WAIT).await,
-                            LockMode::Shared => timed.try_lock_shared_for(WAIT).await,
-                        }
-                    },
-                    async {
-                        support::eventually(WAIT, "try_lock_for waits in pg_locks", || async {
-                            support::waiters(key).await.len() == 1
-                        })
-                        .await;
-                        holding.unlock().await.unwrap();
-                    },
-                ),
-            )
-            .await
-            .expect("try_lock_for returns after the release");
-            assert!(got.unwrap(), "{mode}: not acquired after the release");
-            let pid = only_holder(key).await;
-            assert!(timed.is_held().await.unwrap());
-            match mode {
-                LockMode::Exclusive => timed.unlock().await.unwrap(),
-                LockMode::Shared => timed.unlock_shared().await.unwrap(),
-            }
-            assert_eq!(support::advisory_locks_of(pid).await, 0);
-        }
-        timed.close().await.unwrap();
-        holding.close().await.unwrap();
     }));
 }
 

@@ -41,6 +41,7 @@ use futures_lite::future::zip;
 use pglock::{AdvisoryLock, Error, LockKey, LockOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
+use support::XorShift;
 use support::proxy::Proxy;
 use support::rt;
 
@@ -66,33 +67,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
                 .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
         })
         .unwrap_or(default)
-}
-
-/// xorshift64: a fixed seed gives the same choices on every run.
-#[derive(Debug, Clone)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

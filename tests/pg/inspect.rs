@@ -12,6 +12,7 @@ use pglock::{AdvisoryLock, LockKey, LockMode, LockOptions};
 use sqlx::Connection;
 use sqlx::postgres::PgConnectOptions;
 use support::WAIT;
+use support::XorShift;
 use support::only_holder;
 use support::rt;
 
@@ -293,24 +294,10 @@ fn keys_decode_in_both_key_spaces_including_negatives() {
     });
 }
 
-/// xorshift64: a fixed sequence of pseudo-random numbers.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 #[test]
 fn pg_locks_ids_round_trip_for_10000_pseudo_random_keys() {
     rt::run(async {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
         let mut bigints = 0;
         let mut pairs = 0;
         for _ in 0..10_000 {

@@ -109,6 +109,7 @@ fn lost_resolves_with_lock_lost_within_one_check_interval_of_termination() {
         lock.unlock().await.unwrap();
         assert_lock_lost(lock.unlock().await, key, "the unlock of the lost level");
         lock.close().await.unwrap();
+        support::assert_pool_holds_no_advisory_lock(&pool).await;
     }));
 }
 
@@ -161,36 +162,6 @@ fn lost_reports_a_loss_that_a_cancelled_call_caused() {
         b.close().await.unwrap();
         a.close().await.unwrap();
     });
-}
-
-#[test]
-fn lost_with_nothing_held_resolves_at_once_with_not_held() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(4).await;
-        let key = support::key("lost_with_nothing_held_resolves_at_once");
-        let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
-        let lost = rt::timeout(Duration::from_millis(100), lock.lost())
-            .await
-            .expect("resolves at once");
-        assert!(
-            matches!(lost, Error::NotHeld { key: k, .. } if k == key),
-            "{lost:?}"
-        );
-
-        // After a lock/unlock pair too.
-        lock.lock().await.unwrap();
-        lock.unlock().await.unwrap();
-        let lost = rt::timeout(Duration::from_millis(100), lock.lost())
-            .await
-            .expect("resolves at once");
-        assert!(matches!(lost, Error::NotHeld { .. }), "{lost:?}");
-
-        lock.close().await.unwrap();
-        let lost = rt::timeout(Duration::from_millis(100), lock.lost())
-            .await
-            .expect("resolves at once");
-        assert!(matches!(lost, Error::Closed), "{lost:?}");
-    }));
 }
 
 /// Run by [`killed_child_process_frees_its_lock_within_two_seconds`] in a child process:

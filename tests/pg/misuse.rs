@@ -5,7 +5,7 @@
 use crate::support;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pglock::{AdvisoryLock, Error, LockKey, LockMode};
 use sqlx::Connection;
@@ -19,14 +19,7 @@ const CALL_LIMIT: Duration = Duration::from_secs(20);
 /// `future`, failing the test if it takes longer than [`CALL_LIMIT`]. Returns its output
 /// and how long it took.
 async fn timed<F: Future>(what: &str, future: F) -> (F::Output, Duration) {
-    let start = Instant::now();
-    let output = rt::timeout(CALL_LIMIT, future).await.unwrap_or_else(|| {
-        panic!(
-            "{what} did not finish within {CALL_LIMIT:?} on {}",
-            rt::NAME
-        )
-    });
-    (output, start.elapsed())
+    support::within(CALL_LIMIT, what, future).await
 }
 
 /// Prints one figure of the report: what was done, what came back, how fast.

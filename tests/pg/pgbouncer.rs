@@ -70,9 +70,7 @@ const MAX_OPS: usize = 30;
 
 /// `future`, failing the test if it takes longer than [`OP_LIMIT`].
 async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
-    rt::timeout(OP_LIMIT, future)
-        .await
-        .unwrap_or_else(|| panic!("{what} did not finish within {OP_LIMIT:?} on {}", rt::NAME))
+    support::bounded(OP_LIMIT, what, future).await
 }
 
 /// A pool of client connections to PgBouncer.

@@ -31,14 +31,7 @@ const CALL_LIMIT: Duration = Duration::from_secs(30);
 /// `future`, failing the test if it takes longer than [`CALL_LIMIT`]. Returns its output
 /// and how long it took.
 async fn timed<F: Future>(what: &str, future: F) -> (F::Output, Duration) {
-    let start = Instant::now();
-    let output = rt::timeout(CALL_LIMIT, future).await.unwrap_or_else(|| {
-        panic!(
-            "{what} did not finish within {CALL_LIMIT:?} on {}",
-            rt::NAME
-        )
-    });
-    (output, start.elapsed())
+    support::within(CALL_LIMIT, what, future).await
 }
 
 fn assert_lock_lost<T: std::fmt::Debug>(result: &pglock::Result<T>, key: LockKey, what: &str) {

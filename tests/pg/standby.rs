@@ -83,9 +83,7 @@ async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
 
 /// `future`, failing the test if it takes longer than `limit`.
 async fn bounded_by<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
-    rt::timeout(limit, future)
-        .await
-        .unwrap_or_else(|| panic!("{what} did not finish within {limit:?} on {}", rt::NAME))
+    support::bounded(limit, what, future).await
 }
 
 /// Fails unless `result` is `Err(StandbyServer)` for `key`.

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use pglock::{AdvisoryLock, ClientOptions, DistributedLock, LockClient, LockKey, LockOptions};
 use sqlx::PgPool;
+use support::XorShift;
 use support::rt;
 
 /// The database of the stress runs: a private cluster of this test binary's own, even
@@ -173,28 +174,6 @@ fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
 /// Part `i` of `total` split into `parts` nearly equal parts.
 fn share(total: usize, parts: usize, i: usize) -> usize {
     total / parts + usize::from(i < total % parts)
-}
-
-/// A fixed-seed xorshift64 generator: the same plan in the parent and in every child.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn sections_from_env() -> usize {

@@ -323,54 +323,6 @@ fn shared_holder_blocks_timed_exclusive_but_timed_shared_succeeds_at_once() {
     }));
 }
 
-#[test]
-fn zero_timeout_is_a_plain_try() {
-    rt::run(Box::pin(async {
-        let pool = support::pool_with(4).await;
-        let key = support::key("zero_timeout_is_a_plain_try");
-        let mut holder = held_by_another_session(key, LockMode::Exclusive).await;
-        for via in [Via::Inherent, Via::Boxed] {
-            let mut lock = Subject::new(&pool, key, via).await;
-            for mode in [LockMode::Exclusive, LockMode::Shared] {
-                let (result, took) = lock.timed(mode, Duration::ZERO).await;
-                assert!(
-                    matches!(result, Ok(false)),
-                    "{via:?} {mode} held: {result:?}"
-                );
-                assert!(
-                    took < GIVE_UP_SLACK,
-                    "{via:?} {mode}: zero timeout took {took:?}"
-                );
-            }
-            lock.close().await;
-        }
-        release(&mut holder, key, LockMode::Exclusive).await;
-
-        for via in [Via::Inherent, Via::Boxed] {
-            let mut lock = Subject::new(&pool, key, via).await;
-            for mode in [LockMode::Exclusive, LockMode::Shared] {
-                let (result, took) = lock.timed(mode, Duration::ZERO).await;
-                assert!(
-                    matches!(result, Ok(true)),
-                    "{via:?} {mode} free: {result:?}"
-                );
-                assert!(
-                    took < GIVE_UP_SLACK,
-                    "{via:?} {mode}: zero timeout took {took:?}"
-                );
-            }
-            let modes = support::holders_with_mode(key).await;
-            assert_eq!(modes.len(), 2, "one session, both modes: {modes:?}");
-            assert_eq!(modes[0].0, modes[1].0, "{modes:?}");
-            lock.unlock(LockMode::Exclusive).await;
-            lock.unlock(LockMode::Shared).await;
-            assert!(support::holders(key).await.is_empty());
-            lock.close().await;
-        }
-        holder.close().await.unwrap();
-    }));
-}
-
 /// A borrowed connection whose session sets `statement_timeout` to 50 ms.
 async fn connection_with_statement_timeout_50ms() -> PgConnection {
     let mut conn = support::connect().await;

@@ -141,35 +141,6 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().map(Option::unwrap).collect()
 }
 
-/// A fixed-seed xorshift64 generator: the same schedule on every run.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A duration of `from..=to` ms.
-    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
-}
-
 /// A pool of at most `max` connections whose server-to-client traffic goes through a
 /// loopback proxy that holds every chunk back for `delay`: an answer (or the end of a
 /// terminated session) never arrives within the poll that sent the statement, so a test

@@ -459,3 +459,50 @@ pub fn assert_lock_lost<T: std::fmt::Debug>(result: pglock::Result<T>, key: Lock
         other => panic!("{what}: expected Err(LockLost {{ key: {key} }}), got {other:?}"),
     }
 }
+
+/// A fixed-seed xorshift64 generator: the same schedule on every run.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration of `from..=to` ms.
+    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
+
+/// `future`, failing the test if it takes longer than `limit`: an answer, never a hang.
+pub async fn bounded<F: std::future::Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    rt::timeout(limit, future)
+        .await
+        .unwrap_or_else(|| panic!("{what} did not finish within {limit:?} on {}", rt::NAME))
+}
+
+/// Like [`bounded`], and how long `future` took.
+pub async fn within<F: std::future::Future>(
+    limit: Duration,
+    what: &str,
+    future: F,
+) -> (F::Output, Duration) {
+    let start = Instant::now();
+    let output = bounded(limit, what, future).await;
+    (output, start.elapsed())
+}
