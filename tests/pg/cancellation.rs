@@ -5,14 +5,11 @@
 
 use crate::support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use pglock::{AdvisoryLock, Error, LockKey, LockOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use support::WAIT;
 use support::XorShift;
 use support::assert_lock_lost;
@@ -21,65 +18,8 @@ use support::rt;
 /// How soon a cancelled wait must be gone from the server once the key is released.
 const FREED_WITHIN: Duration = Duration::from_secs(2);
 
-/// How long [`delayed_pool`]'s proxy holds back every answer from the server.
+/// How long `support::lanes::delayed_pool`'s proxy holds back every answer from the server.
 const PROXY_DELAY: Duration = Duration::from_millis(25);
-
-/// A pool whose connections reach the test database through a TCP proxy that holds
-/// every server-to-client chunk back for `delay`: a statement's answer can never arrive
-/// within the poll that sent it, so a future dropped after one poll is dropped in flight.
-async fn delayed_pool(delay: Duration) -> sqlx::PgPool {
-    let options: PgConnectOptions = support::database_url().parse().unwrap();
-    let target = format!("{}:{}", options.get_host(), options.get_port());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&target) else {
-                continue;
-            };
-            let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let (Ok(client_reader), Ok(server_writer)) = (client.try_clone(), server.try_clone())
-            else {
-                continue;
-            };
-            pump(client_reader, server_writer, Duration::ZERO);
-            pump(server, client, delay);
-        }
-    });
-    PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(WAIT)
-        .connect_with(
-            options
-                .host("127.0.0.1")
-                .port(port)
-                .disable_statement_logging(),
-        )
-        .await
-        .expect("connect through the proxy")
-}
-
-/// Copies `from` to `to` on a thread of its own, `delay` late per chunk; passes an end of
-/// stream on.
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0_u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    std::thread::sleep(delay);
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-        let _ = from.shutdown(Shutdown::Read);
-    });
-}
 
 /// Blocks (bounded) until `conn` holds `key` exclusively (`shared`: in shared mode).
 /// A session whose wait was just cancelled may still hold the key for a moment.
@@ -339,7 +279,7 @@ async fn cancelled_acquisition_after_a_shared_level_reports_lock_lost(
 ) {
     let pool = match acquisition {
         // Dropped in flight: the proxy keeps the answer away long enough.
-        Acquisition::LockShared => delayed_pool(PROXY_DELAY).await,
+        Acquisition::LockShared => support::lanes::delayed_pool(4, PROXY_DELAY).await,
         _ => support::pool_with(4).await,
     };
     let key = support::key(test);
@@ -528,7 +468,7 @@ fn borrowed_connection_after_a_dropped_lock_future_fails_at_once_with_interrupte
 #[test]
 fn dropping_is_held_or_lost_futures_midway_does_not_lose_the_lock() {
     rt::run(Box::pin(async {
-        let pool = delayed_pool(PROXY_DELAY).await;
+        let pool = support::lanes::delayed_pool(4, PROXY_DELAY).await;
         let key = support::key("dropping_is_held_or_lost_futures_midway");
         let mut lock = AdvisoryLock::new(&pool, key)
             .await

@@ -21,16 +21,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "pglock-cli-{test}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        Scratch(dir)
+        Scratch(support::scratch_dir(&format!("pglock-cli-{test}")))
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -640,15 +640,7 @@ fn pglock_run_against_a_standby_exits_2_naming_the_standby_and_never_runs_the_co
     let standby = shared().standby.url();
     rt::run(async move {
         let key = support::key("standby/cli");
-        let scratch = std::env::temp_dir().join(format!(
-            "pglock-standby-cli-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&scratch).expect("create a scratch directory");
+        let scratch = support::scratch_dir("pglock-standby-cli");
         let (marker, stdout, stderr) = (
             scratch.join("ran"),
             scratch.join("stdout"),

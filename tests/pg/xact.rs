@@ -91,16 +91,7 @@ fn xact_lock_is_released_when_the_transaction_is_dropped() {
         assert!(!support::free_for_another_session(key).await);
 
         drop(tx);
-        let took = support::eventually(
-            Duration::from_secs(1),
-            "another session gets the key after the transaction was dropped",
-            || support::free_for_another_session(key),
-        )
-        .await;
-        eprintln!(
-            "[{}] key free {took:?} after dropping the transaction",
-            rt::NAME
-        );
+        support::freed_within(Duration::from_secs(1), key, "the transaction was dropped").await;
         assert!(support::holders(key).await.is_empty());
         assert_pool_holds_no_advisory_lock(&pool).await;
     });

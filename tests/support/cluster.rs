@@ -37,7 +37,7 @@ impl PrivateCluster {
             )
         });
         let as_postgres = is_root();
-        let dir = temp_dir();
+        let dir = super::scratch_dir("pglock-test");
         if as_postgres {
             // initdb refuses to run as root: the server runs as the `postgres` user.
             run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
@@ -146,15 +146,7 @@ impl PrivateCluster {
             pid = std::process::id(),
             dir = self.dir.display()
         );
-        // Deliberately not waited for: it must outlive this process.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the cluster watchdog (setsid sh)");
+        watchdog(&script);
     }
 }
 
@@ -199,7 +191,8 @@ fn server_bin_dir() -> Option<PathBuf> {
         })
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (then servers run as `postgres`, via `runuser`).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -207,20 +200,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pglock-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the cluster directory");
-    dir
-}
-
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -272,7 +253,7 @@ impl PrivateCluster {
     /// accepts connections and `pg_is_in_recovery()` is true.
     #[allow(dead_code)]
     pub fn start_standby(&self) -> Standby {
-        let dir = temp_dir();
+        let dir = super::scratch_dir("pglock-test");
         if self.as_postgres {
             run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
         }
@@ -446,4 +427,17 @@ impl Standby {
 /// A server log for a failure message (empty if it cannot be read).
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Runs the shell `script` in a session of its own, not waited for: a watchdog that must
+/// outlive this test process, to clean up after it however it exits.
+pub fn watchdog(script: &str) {
+    #[allow(clippy::zombie_processes)]
+    Command::new("setsid")
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a watchdog (setsid sh)");
 }

@@ -184,24 +184,24 @@ pub async fn holders_by_server_arithmetic(key: LockKey) -> Vec<i32> {
 
 /// `pg_try_advisory_lock` on `key` from `conn`: another session, outside any pglock lock.
 pub async fn try_lock_on(conn: &mut PgConnection, key: LockKey) -> bool {
-    let query = match key {
-        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(k),
-        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(a)
-            .bind(b),
-    };
-    query.fetch_one(conn).await.expect("pg_try_advisory_lock")
+    advisory_call(
+        conn,
+        key,
+        "SELECT pg_try_advisory_lock($1)",
+        "SELECT pg_try_advisory_lock($1, $2)",
+    )
+    .await
 }
 
 /// `pg_advisory_unlock` on `key` from `conn`; whether a level was released.
 pub async fn unlock_on(conn: &mut PgConnection, key: LockKey) -> bool {
-    let query = match key {
-        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_advisory_unlock($1)").bind(k),
-        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
-            .bind(a)
-            .bind(b),
-    };
-    query.fetch_one(conn).await.expect("pg_advisory_unlock")
+    advisory_call(
+        conn,
+        key,
+        "SELECT pg_advisory_unlock($1)",
+        "SELECT pg_advisory_unlock($1, $2)",
+    )
+    .await
 }
 
 /// Whether a brand-new session (outside every pool) can take `key` exclusively right
@@ -283,30 +283,24 @@ pub async fn connect_at(url: &str) -> PgConnection {
 
 /// `pg_try_advisory_lock_shared` on `key` from `conn`: a shared holder outside pglock.
 pub async fn try_lock_shared_on(conn: &mut PgConnection, key: LockKey) -> bool {
-    let query = match key {
-        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1)").bind(k),
-        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1, $2)")
-            .bind(a)
-            .bind(b),
-    };
-    query
-        .fetch_one(conn)
-        .await
-        .expect("pg_try_advisory_lock_shared")
+    advisory_call(
+        conn,
+        key,
+        "SELECT pg_try_advisory_lock_shared($1)",
+        "SELECT pg_try_advisory_lock_shared($1, $2)",
+    )
+    .await
 }
 
 /// `pg_advisory_unlock_shared` on `key` from `conn`; whether a level was released.
 pub async fn unlock_shared_on(conn: &mut PgConnection, key: LockKey) -> bool {
-    let query = match key {
-        LockKey::BigInt(k) => sqlx::query_scalar("SELECT pg_advisory_unlock_shared($1)").bind(k),
-        LockKey::IntPair(a, b) => sqlx::query_scalar("SELECT pg_advisory_unlock_shared($1, $2)")
-            .bind(a)
-            .bind(b),
-    };
-    query
-        .fetch_one(conn)
-        .await
-        .expect("pg_advisory_unlock_shared")
+    advisory_call(
+        conn,
+        key,
+        "SELECT pg_advisory_unlock_shared($1)",
+        "SELECT pg_advisory_unlock_shared($1, $2)",
+    )
+    .await
 }
 
 /// `SHOW name` on `conn`.
@@ -505,4 +499,47 @@ pub async fn within<F: std::future::Future>(
     let start = Instant::now();
     let output = bounded(limit, what, future).await;
     (output, start.elapsed())
+}
+
+/// Polls until a brand-new session can take `key` (see [`free_for_another_session`]),
+/// failing the test after `limit`; prints and returns how long that took after `what`.
+pub async fn freed_within(limit: Duration, key: LockKey, what: &str) -> Duration {
+    let took = eventually(
+        limit,
+        &format!("another session gets the key after {what}"),
+        || free_for_another_session(key),
+    )
+    .await;
+    eprintln!("[{}] key free {took:?} after {what}", rt::NAME);
+    took
+}
+
+/// A new directory under the system's temporary directory, `<prefix>-<pid>-<nanos>`: no
+/// other test or test process uses it.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
+/// One of the boolean advisory-lock functions on `key` from `conn`: `bigint` for a
+/// `BigInt` key, `pair` (the same function, two arguments) for an `IntPair`.
+async fn advisory_call(
+    conn: &mut PgConnection,
+    key: LockKey,
+    bigint: &'static str,
+    pair: &'static str,
+) -> bool {
+    let query = match key {
+        LockKey::BigInt(k) => sqlx::query_scalar(bigint).bind(k),
+        LockKey::IntPair(a, b) => sqlx::query_scalar(pair).bind(a).bind(b),
+    };
+    query
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|err| panic!("{bigint}: {err}"))
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
+use super::cluster::{free_port, is_root, watchdog};
+
 /// What to install when PgBouncer is missing.
 pub const INSTALL_HINT: &str = "the pgbouncer suite needs the `pgbouncer` binary \
      (Debian/Ubuntu: `apt-get install pgbouncer`; it is looked up on PATH and in /usr/sbin)";
@@ -106,15 +108,7 @@ impl PgBouncer {
         let password = password_of(upstream_url);
 
         let as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!(
-            "pglock-pgbouncer-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir).expect("create the pgbouncer directory");
+        let dir = super::scratch_dir("pglock-pgbouncer");
         let port = free_port();
 
         let mut server = format!("host={host} port={upstream_port} dbname={database} user={user}");
@@ -251,15 +245,7 @@ impl PgBouncer {
             child = self.child.id(),
             dir = self.dir.display()
         );
-        // Deliberately not waited for: it must outlive this process.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the pgbouncer watchdog (setsid sh)");
+        watchdog(&script);
     }
 }
 
@@ -296,19 +282,4 @@ fn password_of(url: &str) -> Option<String> {
     let userinfo = authority.rsplit_once('@')?.0;
     let password = userinfo.split_once(':')?.1;
     Some(password.to_owned()).filter(|p| !p.is_empty())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("find a free loopback port")
 }
