@@ -58,9 +58,18 @@ pub async fn a_loss_takes_the_levels_of_both_modes(backend: Backend) {
     let mut a = backend.lock(key).await;
     a.lock_shared().await.unwrap();
     a.lock().await.unwrap();
+    a.lock().await.unwrap();
     assert_eq!(backend.lose(key).await, 1);
+    assert_eq!(backend.holders(key).await, 0, "the loss freed the key");
+    assert_lock_lost(a.unlock().await, key, "first lost exclusive level");
     assert_lock_lost(a.unlock_shared().await, key, "the lost shared level");
-    assert_lock_lost(a.unlock().await, key, "the lost exclusive level");
+    // Modes are counted apart: no shared level is owed, an exclusive one still is.
+    assert_not_held(a.unlock_shared().await, LockMode::Shared, "no shared left");
+    assert_lock_lost(a.unlock().await, key, "second lost exclusive level");
+    assert!(
+        !a.is_held().await.unwrap(),
+        "every lost level accounted for"
+    );
     assert_not_held(a.unlock().await, LockMode::Exclusive, "no exclusive left");
     assert_not_held(a.unlock_shared().await, LockMode::Shared, "no shared left");
     a.close().await.unwrap();
@@ -76,8 +85,13 @@ pub async fn is_held_lost_and_close_report_the_loss_until_every_level_is_account
     backend.lose(key).await;
     assert_lock_lost(a.is_held().await, key, "is_held");
     assert_lock_lost(a.is_held().await, key, "is_held accounts for nothing");
-    let lost = rt::timeout(LIMIT, a.lost()).await.expect("lost() resolves");
-    assert!(matches!(lost, Error::LockLost { .. }), "lost(): {lost:?}");
+    for round in 0..2 {
+        let lost = rt::timeout(LIMIT, a.lost()).await.expect("lost() resolves");
+        assert!(
+            matches!(lost, Error::LockLost { key: k } if k == key),
+            "lost(), round {round}: {lost:?}"
+        );
+    }
     assert_lock_lost(a.unlock().await, key, "one of two lost levels");
     assert_lock_lost(a.is_held().await, key, "is_held with one level unaccounted");
     assert_lock_lost(a.close().await, key, "close with one level unaccounted");
@@ -91,10 +105,18 @@ pub async fn close_after_a_loss_reports_it_and_accounts_for_every_level(backend:
     a.lock_shared().await.unwrap();
     a.lock().await.unwrap();
     backend.lose(key).await;
+    assert!(a.try_lock().await.unwrap(), "a level taken after the loss");
+    assert_eq!(backend.holders(key).await, 1);
     assert_lock_lost(a.close().await, key, "close");
-    a.close().await.unwrap();
+    assert_eq!(
+        backend.holders(key).await,
+        0,
+        "close released the new level"
+    );
+    a.close().await.expect("a second close is Ok");
     assert!(matches!(a.unlock().await, Err(Error::Closed)));
-    assert_eq!(backend.holders(key).await, 0);
+    assert!(matches!(a.unlock_shared().await, Err(Error::Closed)));
+    assert!(matches!(a.is_held().await, Err(Error::Closed)));
 }
 
 pub async fn a_pending_lost_resolves_when_the_levels_are_lost(backend: Backend) {
@@ -118,14 +140,24 @@ pub async fn a_pending_lost_resolves_when_the_levels_are_lost(backend: Backend) 
 pub async fn a_new_acquisition_after_a_loss_works_and_is_released_first(backend: Backend) {
     let key = key("acquire-after-loss");
     let mut a = backend.lock(key).await;
+    a.lock_shared().await.unwrap();
     a.lock().await.unwrap();
     backend.lose(key).await;
+    // Acquisitions of either mode work at once.
+    assert!(a.try_lock_shared().await.unwrap());
     a.lock().await.unwrap();
-    assert_eq!(backend.holders(key).await, 1, "the new level is held");
-    assert_lock_lost(a.is_held().await, key, "a lost level is still unaccounted");
-    a.unlock().await.unwrap(); // the newest level: the one taken after the loss
-    assert_eq!(backend.holders(key).await, 0, "the new level was released");
-    assert_lock_lost(a.unlock().await, key, "then the lost level");
+    assert_eq!(backend.holders(key).await, 1, "the new levels are held");
+    assert_lock_lost(a.is_held().await, key, "lost levels are still unaccounted");
+    // The newest levels first: the ones taken after the loss.
+    a.unlock_shared().await.unwrap();
+    a.unlock().await.unwrap();
+    assert_eq!(
+        backend.holders(key).await,
+        0,
+        "the new levels were released"
+    );
+    assert_lock_lost(a.unlock_shared().await, key, "then the lost shared level");
+    assert_lock_lost(a.unlock().await, key, "then the lost exclusive level");
     assert_not_held(a.unlock().await, LockMode::Exclusive, "then nothing");
     assert!(!a.is_held().await.unwrap());
     assert!(a.try_lock_shared().await.unwrap());

@@ -27,10 +27,19 @@ pub async fn levels_stack_and_need_as_many_unlocks(backend: Backend) {
     let key = key("stack");
     let mut a = backend.lock(key).await;
     let mut b = backend.lock(key).await;
-    for _ in 0..3 {
-        a.lock().await.unwrap();
+    // Eight levels, taken by blocking and by trying: a holder's own levels never block it.
+    for level in 1..=8 {
+        if level % 2 == 0 {
+            assert!(a.try_lock().await.unwrap(), "level {level}");
+        } else {
+            rt::timeout(LIMIT, a.lock())
+                .await
+                .expect("lock() of a key this lock holds returns at once")
+                .unwrap();
+        }
     }
-    for remaining in (0..3).rev() {
+    assert_eq!(backend.holders(key).await, 1);
+    for remaining in (0..8).rev() {
         assert!(
             !b.try_lock().await.unwrap(),
             "taken with {} levels left",
@@ -38,7 +47,20 @@ pub async fn levels_stack_and_need_as_many_unlocks(backend: Backend) {
         );
         a.unlock().await.unwrap();
     }
+    assert_eq!(backend.holders(key).await, 0);
+    // The failed tries took nothing.
+    assert!(matches!(b.unlock().await, Err(Error::NotHeld { .. })));
     assert!(b.try_lock().await.unwrap());
+    assert!(!a.try_lock().await.unwrap(), "and now b excludes a");
+    assert!(matches!(
+        a.unlock().await,
+        Err(Error::NotHeld {
+            mode: LockMode::Exclusive,
+            ..
+        })
+    ));
+    b.unlock().await.unwrap();
+    assert_eq!(backend.holders(key).await, 0);
     b.close().await.unwrap();
     a.close().await.unwrap();
 }
@@ -54,7 +76,12 @@ pub async fn shared_holders_share_and_exclude_writers(backend: Backend) {
     assert_eq!(backend.holders(key).await, 4);
     let mut writer = backend.lock(key).await;
     assert!(!writer.try_lock().await.unwrap(), "shared blocks exclusive");
-    for reader in &mut readers {
+    for (i, reader) in readers.iter_mut().enumerate() {
+        assert!(
+            !writer.try_lock().await.unwrap(),
+            "{} shared holders left still block exclusive",
+            4 - i
+        );
         reader.unlock_shared().await.unwrap();
     }
     assert!(writer.try_lock().await.unwrap());
@@ -97,22 +124,32 @@ pub async fn one_session_may_hold_both_modes(backend: Backend) {
 }
 
 pub async fn unlock_without_a_level_is_not_held_and_changes_nothing(backend: Backend) {
-    let key = key("not-held");
-    let mut a = backend.lock(key).await;
-    for (result, mode) in [
-        (a.unlock().await, LockMode::Exclusive),
-        (a.unlock_shared().await, LockMode::Shared),
-    ] {
-        match result {
-            Err(Error::NotHeld { key: k, mode: m }) => assert_eq!((k, m), (key, mode)),
-            other => panic!("expected NotHeld, got {other:?}"),
+    for key in [key("not-held"), support::pair_key("conformance/not-held")] {
+        let mut a = backend.lock(key).await;
+        for (result, mode) in [
+            (a.unlock().await, LockMode::Exclusive),
+            (a.unlock_shared().await, LockMode::Shared),
+        ] {
+            match result {
+                Err(Error::NotHeld { key: k, mode: m }) => assert_eq!((k, m), (key, mode)),
+                other => panic!("expected NotHeld, got {other:?}"),
+            }
         }
+        let message = a.unlock().await.unwrap_err().to_string();
+        assert!(message.contains(&key.to_string()), "{message}");
+        assert!(message.contains("exclusive"), "{message}");
+        assert!(!a.is_held().await.unwrap());
+        assert_eq!(backend.holders(key).await, 0);
+        // The lock is as good as new.
+        assert!(a.try_lock().await.unwrap());
+        a.unlock().await.unwrap();
+        assert!(matches!(a.unlock().await, Err(Error::NotHeld { .. })));
+        assert!(a.try_lock_shared().await.unwrap());
+        assert!(matches!(a.unlock().await, Err(Error::NotHeld { .. })));
+        assert!(a.is_held().await.unwrap(), "the shared level is untouched");
+        assert_eq!(backend.holders(key).await, 1);
+        a.close().await.unwrap();
     }
-    assert!(a.try_lock_shared().await.unwrap());
-    assert!(matches!(a.unlock().await, Err(Error::NotHeld { .. })));
-    assert!(a.is_held().await.unwrap(), "the shared level is untouched");
-    assert_eq!(backend.holders(key).await, 1);
-    a.close().await.unwrap();
 }
 
 pub async fn closed_lock_refuses_every_operation_and_closes_twice(backend: Backend) {
@@ -133,7 +170,10 @@ pub async fn closed_lock_refuses_every_operation_and_closes_twice(backend: Backe
     assert!(matches!(a.unlock().await, Err(Error::Closed)));
     assert!(matches!(a.unlock_shared().await, Err(Error::Closed)));
     assert!(matches!(a.is_held().await, Err(Error::Closed)));
+    assert_eq!(a.key(), key, "key() still answers after close");
     a.close().await.unwrap();
+    a.close().await.expect("a third close is Ok");
+    assert!(matches!(a.try_lock().await, Err(Error::Closed)));
     // A lock that never held anything closes the same way: Closed, not NotHeld, after.
     let mut b = backend.lock(key).await;
     b.close().await.unwrap();
@@ -394,15 +434,34 @@ pub async fn many_tasks_on_one_key_never_overlap(backend: Backend) {
 pub async fn is_held_reports_any_mode(backend: Backend) {
     let key = key("is-held");
     let mut a = backend.lock(key).await;
+    let mut other = backend.lock(key).await;
     assert_eq!(a.key(), key);
     assert!(!a.is_held().await.unwrap());
     a.lock().await.unwrap();
     assert!(a.is_held().await.unwrap());
+    assert!(
+        !other.is_held().await.unwrap(),
+        "is_held is about this lock only"
+    );
     a.unlock().await.unwrap();
     assert!(!a.is_held().await.unwrap());
     a.lock_shared().await.unwrap();
     assert!(a.is_held().await.unwrap());
     assert!(!backend.is_postgres() || backend.holders(key).await == 1);
+    assert!(other.try_lock_shared().await.unwrap());
+    a.unlock_shared().await.unwrap();
+    assert!(!a.is_held().await.unwrap());
+    assert!(other.is_held().await.unwrap());
+    other.unlock_shared().await.unwrap();
+    assert!(!other.is_held().await.unwrap());
+    // Stacked: held until the last level goes.
+    assert!(a.try_lock().await.unwrap());
+    assert!(a.try_lock().await.unwrap());
+    a.unlock().await.unwrap();
+    assert!(a.is_held().await.unwrap());
+    a.unlock().await.unwrap();
+    assert!(!a.is_held().await.unwrap());
+    other.close().await.unwrap();
     a.close().await.unwrap();
 }
 
