@@ -25,7 +25,7 @@
 //! `&str` is a compile error wherever sqlx expects SQL; the examples below fail to compile,
 //! each for that reason (the first compiles: it is the frame of the others).
 //!
-//! What the compiler still lets through, `tests/security.rs` forbids in `src/` by a text
+//! What the compiler still lets through, `tests/pg/security.rs` forbids in `src/` by a text
 //! scan: `AssertSqlSafe`; `QueryBuilder`, whose `new` and `push` take any text and whose
 //! `build` wraps it in `AssertSqlSafe`; `copy_in_raw` and `copy_out_raw` (of `PgConnection`
 //! and `PgPoolCopyExt`), which take any `&str`; `raw_sql`, which binds no parameters; a

@@ -1,7 +1,10 @@
 //! The scenarios of the Go pglock suites (go.rtnl.ai/pglock, allisson/go-pglock), on
 //! pglock's API: exclusive and shared, blocking and try, stacking, keys, misuse, close,
 //! and the connections sqlx hands out. Every claim about who holds what is checked in
-//! `pg_locks` from another session, not only through the lock's own answers.
+//! `pg_locks` from another session, not only through the lock's own answers. What every
+//! `DistributedLock` must do (exclusion, stacking, `NotHeld`, close, `is_held`) is proven
+//! once, for every provider, in `tests/conformance`; this module keeps what only
+//! `AdvisoryLock` on PostgreSQL shows.
 //!
 //! Each test body is boxed (`rt::run(Box::pin(async { .. }))`): in debug builds
 //! async-std's `block_on` keeps several copies of the body's future in its stack frames,

@@ -1,5 +1,7 @@
 //! Losing a lock: a terminated session, a killed process, and the `lost()` signal; and the
-//! hygiene a lock applies to (and takes back from) the sessions it owns.
+//! hygiene a lock applies to (and takes back from) the sessions it owns. The rules every
+//! `DistributedLock` follows after a loss are in `tests/conformance/loss.rs`; this module
+//! keeps what PostgreSQL shows: sessions terminated or killed, reconnection, check intervals.
 
 use crate::support;
 

@@ -2,7 +2,8 @@
 //! through `Box<dyn DistributedLock>`. They must give up on time (the server keeps the
 //! bound), succeed soon after a release inside the window, survive a short session
 //! `statement_timeout`, leave the session's own timeouts as they were, and cost one
-//! statement per attempt (plus one race check after a time-out).
+//! statement per attempt (plus one race check after a time-out). The bounds every
+//! `DistributedLock` keeps are in `tests/conformance/suite.rs`.
 
 use crate::support;
 

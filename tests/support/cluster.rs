@@ -37,7 +37,7 @@ impl PrivateCluster {
             )
         });
         let as_postgres = is_root();
-        let dir = super::scratch_dir("pglock-test");
+        let dir = scratch_dir("pglock-test");
         if as_postgres {
             // initdb refuses to run as root: the server runs as the `postgres` user.
             run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
@@ -253,7 +253,7 @@ impl PrivateCluster {
     /// accepts connections and `pg_is_in_recovery()` is true.
     #[allow(dead_code)]
     pub fn start_standby(&self) -> Standby {
-        let dir = super::scratch_dir("pglock-test");
+        let dir = scratch_dir("pglock-test");
         if self.as_postgres {
             run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
         }
@@ -440,4 +440,16 @@ pub fn watchdog(script: &str) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn a watchdog (setsid sh)");
+}
+
+/// A new directory under the system's temporary directory, `<prefix>-<pid>-<nanos>`: no
+/// other test or test process uses it.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }

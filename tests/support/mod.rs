@@ -14,7 +14,7 @@ use pglock::LockKey;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-pub use cluster::database_url;
+pub use cluster::{database_url, scratch_dir};
 
 /// The bound on every wait that should simply end (a blocking lock, a task, a poll).
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -512,18 +512,6 @@ pub async fn freed_within(limit: Duration, key: LockKey, what: &str) -> Duration
     .await;
     eprintln!("[{}] key free {took:?} after {what}", rt::NAME);
     took
-}
-
-/// A new directory under the system's temporary directory, `<prefix>-<pid>-<nanos>`: no
-/// other test or test process uses it.
-pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
 }
 
 /// One of the boolean advisory-lock functions on `key` from `conn`: `bigint` for a
