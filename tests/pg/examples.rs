@@ -16,8 +16,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 /// How long a short example may run before the test kills it and fails.
 const EXAMPLE_LIMIT: Duration = Duration::from_secs(60);
@@ -33,7 +32,7 @@ fn migrations_example_applies_each_migration_once_across_4_processes() {
 
     // A database of its own, on the test server.
     let database = support::unique_table("pglock_mig");
-    let url = url_for_database(&database);
+    let url = support::url_for_database(&database);
     {
         let database = database.clone();
         support::rt::run(async move {
@@ -73,7 +72,7 @@ fn migrations_example_applies_each_migration_once_across_4_processes() {
                     .await
                     .expect("look for pglock_fencing_tokens");
             let _ = conn.close().await;
-            drop_database(&database).await;
+            support::drop_database(&database).await;
             tx.send((recorded, table_exists, table_comment))
                 .expect("send the findings");
         });
@@ -303,34 +302,6 @@ fn applied_count(stdout: &[String]) -> Option<usize> {
         }
         line.ends_with(", 0 to apply").then_some(0)
     })
-}
-
-/// The test server's URL, pointing at `database` instead.
-fn url_for_database(database: &str) -> String {
-    let options: PgConnectOptions = support::database_url()
-        .parse()
-        .expect("the test database URL parses");
-    options.database(database).to_url_lossy().to_string()
-}
-
-/// Ends the sessions on `database` and drops it.
-async fn drop_database(database: &str) {
-    let mut conn = support::connect().await;
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(database)
-    .execute(&mut conn)
-    .await
-    .expect("end the sessions on the test database");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database}"
-    )))
-    .execute(&mut conn)
-    .await
-    .expect("drop the test database");
-    let _ = conn.close().await;
 }
 
 /// One line an example printed on stdout, and when the test read it.

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use pglock::fencing::{self, FencingToken};
 use pglock::{AdvisoryLock, Error, LockKey};
-use sqlx::postgres::{PgConnectOptions, PgPool};
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, PgConnection};
 use support::WAIT;
 use support::cluster::PrivateCluster;
 use support::only_holder;
@@ -54,10 +54,7 @@ impl TestDb {
             .await
             .unwrap_or_else(|err| panic!("create database {name}: {err}"));
         let _ = conn.close().await;
-        let options: PgConnectOptions = support::database_url()
-            .parse()
-            .expect("the test database URL parses");
-        let url = options.database(&name).to_url_lossy().to_string();
+        let url = support::url_for_database(&name);
         TestDb { name, url }
     }
 
@@ -83,31 +80,13 @@ impl Drop for TestDb {
         // This runs inside the test's runtime (or while it unwinds): drop the database
         // from a thread with a runtime of its own.
         let name = self.name.clone();
-        let dropped = std::thread::spawn(move || rt::run(drop_database(name))).join();
+        let dropped =
+            std::thread::spawn(move || rt::run(async move { support::drop_database(&name).await }))
+                .join();
         if dropped.is_err() {
             eprintln!("could not drop test database {}", self.name);
         }
     }
-}
-
-async fn drop_database(name: String) {
-    let mut conn = support::connect().await;
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(&name)
-    .execute(&mut conn)
-    .await
-    .expect("end the sessions on the test database");
-    // DROP DATABASE waits (up to 5 s) for terminated backends to exit.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap_or_else(|err| panic!("drop database {name}: {err}"));
-    let _ = conn.close().await;
 }
 
 /// The token row of `key` in `pglock_fencing_tokens` (None: no row).

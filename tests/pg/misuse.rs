@@ -360,22 +360,15 @@ fn wrong_credentials_are_a_database_error_that_does_not_show_the_password() {
         let cluster = PrivateCluster::start(&["password_encryption = 'scram-sha-256'"]);
         let right = "Right-Horse-Battery-7731";
         let wrong = "Wrong-Staple-Pw-4412";
-        let mut admin = support::connect_at(&cluster.url()).await;
         // A fixed statement of the test's own: no input reaches it.
-        sqlx::raw_sql(
+        support::add_password_role(
+            &cluster,
+            "pwuser",
             "CREATE ROLE pwuser LOGIN PASSWORD 'Right-Horse-Battery-7731'; \
              GRANT CONNECT ON DATABASE postgres TO pwuser",
         )
-        .execute(&mut admin)
-        .await
-        .expect("create the role");
-        admin.close().await.unwrap();
-        support::require_password_for(&cluster, "pwuser");
-        let port = cluster
-            .url()
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next().map(str::to_owned))
-            .expect("the cluster's port");
+        .await;
+        let port = cluster.port();
         let url_with =
             |password: &str| format!("postgres://pwuser:{password}@127.0.0.1:{port}/postgres");
         let key = support::key("misuse/wrong_credentials");

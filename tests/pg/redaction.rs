@@ -121,22 +121,13 @@ fn errors_from_connections_with_a_password_never_show_it() {
 
         // A server that asks for the password, given the wrong one.
         let cluster = PrivateCluster::start(&["password_encryption = 'scram-sha-256'"]);
-        let mut admin = support::connect_at(&cluster.url()).await;
-        sqlx::raw_sql("CREATE ROLE pwuser LOGIN PASSWORD 'another-right-one'")
-            .execute(&mut admin)
-            .await
-            .expect("create the role");
-        admin.close().await.unwrap();
-        support::require_password_for(&cluster, "pwuser");
-        let port = cluster
-            .url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        support::add_password_role(
+            &cluster,
+            "pwuser",
+            "CREATE ROLE pwuser LOGIN PASSWORD 'another-right-one'",
+        )
+        .await;
+        let port = cluster.port();
         let wrong = with_password("pwuser", &format!("127.0.0.1:{port}"), "postgres");
         let refused = support::eventually(
             Duration::from_secs(10),
@@ -179,15 +170,7 @@ fn locks_options_pools_and_every_error_variant_never_show_the_password() {
         // A trust-auth server ignores the password, so a URL with one connects: a real lock
         // on a pool whose URL carries a password.
         let cluster = PrivateCluster::start(&[]);
-        let port = cluster
-            .url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let port = cluster.port();
         let url = with_password("postgres", &format!("127.0.0.1:{port}"), "postgres");
         let pool_options = PgPoolOptions::new()
             .max_connections(2)

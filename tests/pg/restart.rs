@@ -44,19 +44,10 @@ fn assert_lock_lost<T: std::fmt::Debug>(result: &pglock::Result<T>, key: LockKey
 /// `pg_ctl restart -m fast` on a std thread; resolves with how long it took.
 async fn restart(cluster: &Arc<PrivateCluster>) -> Duration {
     let cluster = Arc::clone(cluster);
-    let start = Instant::now();
-    let thread = std::thread::spawn(move || cluster.pg_ctl(&["restart", "-m", "fast"]));
-    while !thread.is_finished() {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "pg_ctl restart did not finish within 90 s"
-        );
-        rt::sleep(Duration::from_millis(20)).await;
-    }
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-    start.elapsed()
+    support::off_thread("pg_ctl restart", Duration::from_secs(90), move || {
+        cluster.pg_ctl(&["restart", "-m", "fast"])
+    })
+    .await
 }
 
 #[test]

@@ -107,42 +107,9 @@ async fn in_recovery(url: &str) -> bool {
     recovering
 }
 
-/// Every advisory lock on `key` at `url`, held or awaited, as `(pid, mode, granted)`:
-/// read from a session of its own.
-async fn advisory_locks_on_key_at(url: &str, key: LockKey) -> Vec<(i32, String, bool)> {
-    let (classid, objid, objsubid) = key.pg_locks_ids();
-    let mut conn = support::connect_at(url).await;
-    let rows = sqlx::query_as(
-        "SELECT pid, mode, granted FROM pg_locks WHERE locktype = 'advisory' \
-         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
-    )
-    .bind(sqlx::postgres::types::Oid(classid))
-    .bind(sqlx::postgres::types::Oid(objid))
-    .bind(objsubid)
-    .fetch_all(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    rows
-}
-
-/// How many advisory locks (any key) the backend `pid` at `url` holds or awaits.
-async fn advisory_locks_of_pid_at(url: &str, pid: i32) -> i64 {
-    let mut conn = support::connect_at(url).await;
-    let n = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
-    )
-    .bind(pid)
-    .fetch_one(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    n
-}
-
 /// Fails if the standby's `pg_locks` shows any advisory lock on `key`.
 async fn assert_nothing_taken(url: &str, key: LockKey, what: &str) {
-    let rows = advisory_locks_on_key_at(url, key).await;
+    let rows = support::advisory_locks_on_key_at(url, key).await;
     assert!(
         rows.is_empty(),
         "{what}: the standby's pg_locks shows advisory locks on {key}: {rows:?}"
@@ -157,7 +124,7 @@ async fn assert_pool_holds_nothing(pool: &PgPool, url: &str) {
         let mut conn = pool.acquire().await.expect("acquire");
         let pid = support::backend_pid(&mut conn).await;
         assert_eq!(
-            advisory_locks_of_pid_at(url, pid).await,
+            support::advisory_locks_of_pid_at(url, pid).await,
             0,
             "pool connection (pid {pid}) holds an advisory lock"
         );
@@ -368,7 +335,7 @@ fn every_acquisition_of_a_borrowed_lock_on_a_standby_is_refused_and_takes_nothin
                 .await
                 .unwrap_or_else(|err| panic!("{how:?}: close after the refusal: {err}"));
             assert_eq!(
-                advisory_locks_of_pid_at(&standby, pid).await,
+                support::advisory_locks_of_pid_at(&standby, pid).await,
                 0,
                 "{how:?}: the borrowed session holds an advisory lock"
             );
@@ -414,7 +381,7 @@ fn a_blocking_lock_on_a_standby_is_refused_at_once_even_while_a_session_there_ho
         assert_refused(&result, key, what);
         bounded("close", lock.close()).await.expect("close");
         assert_eq!(
-            advisory_locks_on_key_at(&standby, key).await,
+            support::advisory_locks_on_key_at(&standby, key).await,
             vec![(holder_pid, "ExclusiveLock".to_owned(), true)],
             "only the raw holder, and no waiter, on the standby"
         );
@@ -543,7 +510,7 @@ fn every_xact_acquisition_on_a_standby_is_refused_and_the_transaction_stays_usab
                 );
                 assert_nothing_taken(&standby, key, &what).await;
                 assert_eq!(
-                    advisory_locks_of_pid_at(&standby, pid).await,
+                    support::advisory_locks_of_pid_at(&standby, pid).await,
                     0,
                     "{what}: the transaction's session holds an advisory lock"
                 );
@@ -589,9 +556,9 @@ fn a_blocking_xact_lock_on_a_standby_is_refused_at_once_even_while_a_session_the
         )
         .await;
         assert_refused(&result, key, what);
-        assert_eq!(advisory_locks_of_pid_at(&standby, pid).await, 0);
+        assert_eq!(support::advisory_locks_of_pid_at(&standby, pid).await, 0);
         assert_eq!(
-            advisory_locks_on_key_at(&standby, key).await,
+            support::advisory_locks_on_key_at(&standby, key).await,
             vec![(holder_pid, "ExclusiveLock".to_owned(), true)],
             "only the raw holder, and no waiter, on the standby"
         );
@@ -692,23 +659,6 @@ fn pglock_run_against_a_standby_exits_2_naming_the_standby_and_never_runs_the_co
 // ---------------------------------------------------------------------------------------
 // Promotion
 
-/// Runs blocking `work` on a std thread while the runtime keeps going; returns its time.
-async fn off_thread(what: &str, limit: Duration, work: impl FnOnce() + Send + 'static) -> Duration {
-    let start = Instant::now();
-    let thread = std::thread::spawn(work);
-    while !thread.is_finished() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not finish within {limit:?}"
-        );
-        rt::sleep(Duration::from_millis(20)).await;
-    }
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-    start.elapsed()
-}
-
 #[test]
 fn after_promotion_new_locks_on_the_former_standby_work_and_close_releases_them() {
     // A pair of its own: promotion ends the standby for good.
@@ -728,7 +678,7 @@ fn after_promotion_new_locks_on_the_former_standby_work_and_close_releases_them(
         pool.close().await;
 
         let promoting = std::sync::Arc::clone(&pair);
-        let took = off_thread("promotion", Duration::from_secs(90), move || {
+        let took = support::off_thread("promotion", Duration::from_secs(90), move || {
             promoting.standby.promote()
         })
         .await;

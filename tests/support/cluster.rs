@@ -110,6 +110,11 @@ impl PrivateCluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Runs `pg_ctl <action>` (e.g. `restart -m fast`) against this cluster.
     #[allow(dead_code)]
     pub fn pg_ctl(&self, args: &[&str]) {

@@ -74,37 +74,26 @@ pub fn pair_key(test: &str) -> LockKey {
     }
 }
 
-/// The backend pids of sessions that hold `key` (granted), in any mode.
+/// The backend pids of sessions that hold `key` (granted), in any mode: one entry per mode
+/// held, ordered by pid.
 pub async fn holders(key: LockKey) -> Vec<i32> {
-    locks_on(key, true).await
+    let rows = holders_with_mode(key).await;
+    rows.into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// The backend pids of sessions waiting for `key`.
 pub async fn waiters(key: LockKey) -> Vec<i32> {
-    locks_on(key, false).await
-}
-
-async fn locks_on(key: LockKey, granted: bool) -> Vec<i32> {
-    let (classid, objid, objsubid) = key.pg_locks_ids();
-    let mut conn = connect().await;
-    let pids = sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $4 \
-         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid",
-    )
-    .bind(sqlx::postgres::types::Oid(classid))
-    .bind(sqlx::postgres::types::Oid(objid))
-    .bind(objsubid)
-    .bind(granted)
-    .fetch_all(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    pids
+    waiters_at(&database_url(), key).await
 }
 
 /// How many advisory locks (any key) the session with backend `pid` holds or waits for.
 pub async fn advisory_locks_of(pid: i32) -> i64 {
-    let mut conn = connect().await;
+    advisory_locks_of_pid_at(&database_url(), pid).await
+}
+
+/// How many advisory locks (any key) the backend `pid` at the server `url` holds or awaits.
+pub async fn advisory_locks_of_pid_at(url: &str, pid: i32) -> i64 {
+    let mut conn = connect_at(url).await;
     let n = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
     )
@@ -114,6 +103,26 @@ pub async fn advisory_locks_of(pid: i32) -> i64 {
     .expect("query pg_locks");
     let _ = conn.close().await;
     n
+}
+
+/// Every advisory lock on `key` at the server `url`, held or awaited, as
+/// `(pid, mode, granted)` ordered by pid then mode, `mode` as `pg_locks` names it
+/// (`ExclusiveLock`, `ShareLock`); read from a session of its own.
+pub async fn advisory_locks_on_key_at(url: &str, key: LockKey) -> Vec<(i32, String, bool)> {
+    let (classid, objid, objsubid) = key.pg_locks_ids();
+    let mut conn = connect_at(url).await;
+    let rows = sqlx::query_as(
+        "SELECT pid, mode, granted FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
+    )
+    .bind(sqlx::postgres::types::Oid(classid))
+    .bind(sqlx::postgres::types::Oid(objid))
+    .bind(objsubid)
+    .fetch_all(&mut conn)
+    .await
+    .expect("query pg_locks");
+    let _ = conn.close().await;
+    rows
 }
 
 /// The backend pid of a pool's connections: every idle connection of `pool`, by pid.
@@ -331,38 +340,36 @@ pub mod proxy;
 /// Granted advisory locks on `key` at the server `url` (a private cluster, say) as
 /// `(pid, mode)`, like [`holders_with_mode`].
 pub async fn holders_with_mode_at(url: &str, key: LockKey) -> Vec<(i32, String)> {
-    let (classid, objid, objsubid) = key.pg_locks_ids();
-    let mut conn = connect_at(url).await;
-    let rows = sqlx::query_as(
-        "SELECT pid, mode FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid, mode",
-    )
-    .bind(sqlx::postgres::types::Oid(classid))
-    .bind(sqlx::postgres::types::Oid(objid))
-    .bind(objsubid)
-    .fetch_all(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    rows
+    let rows = advisory_locks_on_key_at(url, key).await;
+    rows.into_iter()
+        .filter(|(_, _, granted)| *granted)
+        .map(|(pid, mode, _)| (pid, mode))
+        .collect()
 }
 
 /// Backend pids waiting for `key` at the server `url`, like [`waiters`].
 pub async fn waiters_at(url: &str, key: LockKey) -> Vec<i32> {
-    let (classid, objid, objsubid) = key.pg_locks_ids();
-    let mut conn = connect_at(url).await;
-    let pids = sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-         AND classid = $1 AND objid = $2 AND objsubid = $3 ORDER BY pid",
-    )
-    .bind(sqlx::postgres::types::Oid(classid))
-    .bind(sqlx::postgres::types::Oid(objid))
-    .bind(objsubid)
-    .fetch_all(&mut conn)
-    .await
-    .expect("query pg_locks");
-    let _ = conn.close().await;
-    pids
+    let rows = advisory_locks_on_key_at(url, key).await;
+    rows.into_iter()
+        .filter(|(_, _, granted)| !*granted)
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// Runs `create_role` (fixed statements that create `role` with a password) on `cluster`,
+/// then makes the cluster ask `role` for it ([`require_password_for`]).
+pub async fn add_password_role(
+    cluster: &cluster::PrivateCluster,
+    role: &str,
+    create_role: &'static str,
+) {
+    let mut admin = connect_at(&cluster.url()).await;
+    sqlx::raw_sql(create_role)
+        .execute(&mut admin)
+        .await
+        .expect("create the role");
+    admin.close().await.unwrap();
+    require_password_for(cluster, role);
 }
 
 /// Makes `cluster` ask `role` for a password (`scram-sha-256`) on TCP connections from
@@ -530,4 +537,56 @@ async fn advisory_call(
         .fetch_one(conn)
         .await
         .unwrap_or_else(|err| panic!("{bigint}: {err}"))
+}
+
+/// The test server's URL, pointing at `database` instead.
+pub fn url_for_database(database: &str) -> String {
+    let options: PgConnectOptions = database_url()
+        .parse()
+        .expect("the test database URL parses");
+    options.database(database).to_url_lossy().to_string()
+}
+
+/// Ends the sessions on `database` (of the test server) and drops it.
+pub async fn drop_database(database: &str) {
+    let mut conn = connect().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .execute(&mut conn)
+    .await
+    .expect("end the sessions on the test database");
+    // DROP DATABASE waits (up to 5 s) for terminated backends to exit.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|err| panic!("drop database {database}: {err}"));
+    let _ = conn.close().await;
+}
+
+/// Runs blocking `work` (`pg_ctl`, say) on a thread of its own while the test's runtime
+/// keeps running, failing the test if it takes longer than `limit`; its panic is the
+/// test's. Returns how long it took.
+pub async fn off_thread(
+    what: &str,
+    limit: Duration,
+    work: impl FnOnce() + Send + 'static,
+) -> Duration {
+    let start = Instant::now();
+    let thread = std::thread::spawn(work);
+    while !thread.is_finished() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not finish within {limit:?}"
+        );
+        rt::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+    start.elapsed()
 }
