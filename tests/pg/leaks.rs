@@ -315,15 +315,8 @@ fn close_returns_a_clean_connection_that_the_next_acquire_reuses() {
         assert_eq!(take_levels(&mut lock, 2, 1).await, pid);
         lock.close().await.unwrap();
 
-        let mut conn = rt::timeout(WAIT, pool.acquire())
-            .await
-            .expect("the connection comes back to the pool")
-            .unwrap();
-        assert_eq!(
-            support::backend_pid(&mut conn).await,
-            pid,
-            "reused, not replaced"
-        );
+        let (mut conn, conn_pid) = support::acquire_with_pid(&pool).await;
+        assert_eq!(conn_pid, pid, "reused, not replaced");
         assert_eq!(pool.size(), 1);
         assert_eq!(
             support::advisory_locks_of(pid).await,
@@ -366,13 +359,9 @@ fn dropping_a_used_clean_lock_never_returns_its_connection_with_changed_settings
         lock.unlock().await.unwrap();
         drop(lock);
 
-        let mut conn = rt::timeout(WAIT, pool.acquire())
-            .await
-            .expect("the pool hands out a connection again")
-            .unwrap();
+        let (mut conn, conn_pid) = support::acquire_with_pid(&pool).await;
         assert_ne!(
-            support::backend_pid(&mut conn).await,
-            pid,
+            conn_pid, pid,
             "the lock's connection was closed, not returned"
         );
         assert_eq!(

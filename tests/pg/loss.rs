@@ -342,15 +342,8 @@ fn owned_pool_session_is_configured_while_locked_and_reset_by_close() {
         assert!(lock.is_held().await.unwrap());
         lock.close().await.unwrap();
 
-        let mut conn = rt::timeout(WAIT, pool.acquire())
-            .await
-            .expect("the connection is back in the pool")
-            .unwrap();
-        assert_eq!(
-            support::backend_pid(&mut conn).await,
-            original_pid,
-            "same session"
-        );
+        let (mut conn, conn_pid) = support::acquire_with_pid(&pool).await;
+        assert_eq!(conn_pid, original_pid, "same session");
         let mut after = Vec::new();
         for name in settings {
             after.push(support::show(&mut conn, name).await);

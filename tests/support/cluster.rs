@@ -82,15 +82,7 @@ impl PrivateCluster {
                     .arg(&auto_conf));
             }
             let log = cluster.dir.join("server.log");
-            let started = try_run(
-                cluster
-                    .command("pg_ctl")
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-w", "-t", "60", "start"]),
-            );
+            let started = cluster.start_server(&data, &log);
             match started {
                 Ok(()) => return cluster,
                 Err(err) => failures.push(format!(
@@ -126,6 +118,19 @@ impl PrivateCluster {
             .arg(self.dir.join("server.log"))
             .args(["-w", "-t", "60"])
             .args(args));
+    }
+
+    /// `pg_ctl start` of the data directory `data`, logging to `log`, waiting (60 s at
+    /// most) until it accepts connections.
+    fn start_server(&self, data: &Path, log: &Path) -> Result<(), String> {
+        try_run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(log)
+                .args(["-w", "-t", "60", "start"]),
+        )
     }
 
     fn command(&self, program: &str) -> Command {
@@ -306,15 +311,7 @@ impl PrivateCluster {
             );
             // Rewritten in place: the file keeps its owner (the server's user) and mode.
             std::fs::write(&auto_conf, conf).expect("write the standby's auto.conf");
-            let started = try_run(
-                server
-                    .command("pg_ctl")
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-w", "-t", "60", "start"]),
-            );
+            let started = server.start_server(&data, &log);
             match started {
                 Ok(()) => {
                     let standby = Standby { server };

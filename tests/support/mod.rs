@@ -590,3 +590,14 @@ pub async fn off_thread(
     }
     start.elapsed()
 }
+
+/// A connection from `pool` (bounded by [`WAIT`]) and its backend pid: which session the
+/// pool hands out next.
+pub async fn acquire_with_pid(pool: &PgPool) -> (sqlx::pool::PoolConnection<sqlx::Postgres>, i32) {
+    let mut conn = rt::timeout(WAIT, pool.acquire())
+        .await
+        .expect("the pool hands out a connection within the wait bound")
+        .expect("acquire");
+    let pid = backend_pid(&mut conn).await;
+    (conn, pid)
+}
