@@ -864,8 +864,7 @@ fn display_and_from_str_round_trip_for_ten_thousand_random_keys_of_both_kinds() 
 fn try_lock_for_leaves_a_borrowed_sessions_timeouts_as_they_were() {
     rt::run(Box::pin(async {
         let key = support::key("try_lock_for_leaves_a_borrowed_sessions_timeouts");
-        let mut holder_conn = support::connect().await;
-        assert!(support::try_lock_on(&mut holder_conn, key).await);
+        let (holder_conn, _) = support::held_elsewhere(key).await;
         let mut conn = support::connect().await;
         sqlx::query("SET statement_timeout = 200")
             .execute(&mut conn)

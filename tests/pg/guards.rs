@@ -199,9 +199,7 @@ fn try_lock_guard_is_none_while_held_elsewhere_and_some_when_free() {
         let pool = support::pool_with(4).await;
         let key = support::key("try_lock_guard_is_none_while_held_elsewhere");
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
-        let other_pid = support::backend_pid(&mut other).await;
+        let (mut other, other_pid) = support::held_elsewhere(key).await;
 
         assert!(lock.try_lock_guard().await.unwrap().is_none());
         assert!(lock.try_lock_shared_guard().await.unwrap().is_none());
@@ -359,9 +357,7 @@ fn dropping_an_exclusive_guard_over_a_shared_level_releases_the_exclusive_level_
 
         lock.unlock_shared().await.unwrap();
         assert!(support::holders(key).await.is_empty());
-        assert!(support::try_lock_on(&mut other, key).await);
-        assert!(support::unlock_on(&mut other, key).await);
-        let _ = other.close().await;
+        support::take_then_close(other, key).await;
 
         lock.close().await.unwrap();
         assert_pool_holds_no_advisory_lock(&pool).await;

@@ -449,8 +449,7 @@ fn a_cancelled_blocking_lock_leaves_no_wait_or_grant_behind() {
     rt::run(Box::pin(async {
         let pool = support::pool_with(4).await;
         let key = support::key("a_cancelled_blocking_lock_leaves_no_wait_or_grant_behind");
-        let mut holder = support::connect().await;
-        assert!(support::try_lock_on(&mut holder, key).await);
+        let (mut holder, _) = support::held_elsewhere(key).await;
         let mut lock = AdvisoryLock::new(&pool, key).await.unwrap();
 
         // Race lock() against "it waits in pg_locks": the wait is seen, then given up.

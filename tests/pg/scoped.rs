@@ -211,8 +211,7 @@ fn try_with_lock_skips_the_closure_while_held_elsewhere_and_runs_it_when_free() 
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("try_with_lock_skips_the_closure_while_held_elsewhere");
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
+        let (mut other, _) = support::held_elsewhere(key).await;
         let ran = AtomicBool::new(false);
         let ran = &ran;
 
@@ -242,9 +241,7 @@ fn try_with_lock_skips_the_closure_while_held_elsewhere_and_runs_it_when_free() 
         assert_eq!(value, Some(2));
         assert!(ran.load(Ordering::SeqCst));
 
-        assert!(support::try_lock_on(&mut other, key).await);
-        assert!(support::unlock_on(&mut other, key).await);
-        let _ = other.close().await;
+        support::take_then_close(other, key).await;
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -254,9 +251,7 @@ fn with_lock_for_gives_up_within_the_bound_while_held_elsewhere() {
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("with_lock_for_gives_up_within_the_bound");
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
-        let other_pid = support::backend_pid(&mut other).await;
+        let (mut other, other_pid) = support::held_elsewhere(key).await;
         let ran = AtomicBool::new(false);
         let ran = &ran;
 
@@ -296,8 +291,7 @@ fn with_lock_for_runs_the_closure_when_the_holder_releases_inside_the_window() {
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("with_lock_for_runs_the_closure_when_the_holder_releases");
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
+        let (mut other, _) = support::held_elsewhere(key).await;
         let release_after = Duration::from_millis(200);
 
         let start = Instant::now();
@@ -325,9 +319,7 @@ fn with_lock_for_runs_the_closure_when_the_holder_releases_inside_the_window() {
             granted - release_after
         );
 
-        assert!(support::try_lock_on(&mut other, key).await);
-        assert!(support::unlock_on(&mut other, key).await);
-        let _ = other.close().await;
+        support::take_then_close(other, key).await;
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -410,8 +402,7 @@ fn helpers_work_through_a_dyn_lock_provider() {
         assert_eq!(value, 1);
         assert!(support::free_for_another_session(key).await);
 
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
+        let (mut other, _) = support::held_elsewhere(key).await;
         assert_eq!(
             try_with_lock(provider, key, || async { 2 }).await.unwrap(),
             None
@@ -456,8 +447,7 @@ fn dropping_a_with_lock_future_while_it_waits_leaves_no_trace() {
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("dropping_a_with_lock_future_while_it_waits");
-        let mut other = support::connect().await;
-        assert!(support::try_lock_on(&mut other, key).await);
+        let (mut other, _) = support::held_elsewhere(key).await;
         let ran = AtomicBool::new(false);
         let ran = &ran;
 

@@ -24,14 +24,6 @@ async fn select_one(tx: &mut Transaction<'_, Postgres>) {
     assert_eq!(one, 1);
 }
 
-/// A session outside every pool that holds `key` (a session-level lock).
-async fn held_elsewhere(key: LockKey) -> (sqlx::PgConnection, i32) {
-    let mut conn = support::connect().await;
-    assert!(support::try_lock_on(&mut conn, key).await);
-    let pid = support::backend_pid(&mut conn).await;
-    (conn, pid)
-}
-
 #[test]
 fn xact_lock_holds_the_key_until_commit() {
     rt::run(async {
@@ -163,7 +155,7 @@ fn xact_try_lock_fails_against_a_session_lock_and_leaves_the_transaction_usable(
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("xact_try_lock_fails_against_a_session_lock");
-        let (mut other, other_pid) = held_elsewhere(key).await;
+        let (mut other, other_pid) = support::held_elsewhere(key).await;
         let mut tx = pool.begin().await.unwrap();
 
         assert!(!xact::try_lock(&mut tx, key).await.unwrap());
@@ -191,7 +183,7 @@ fn xact_try_lock_for_times_out_in_time_and_leaves_the_transaction_and_its_settin
         .execute(&pool)
         .await
         .unwrap();
-        let (mut other, other_pid) = held_elsewhere(key).await;
+        let (mut other, other_pid) = support::held_elsewhere(key).await;
 
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SET LOCAL lock_timeout = '7s'")
@@ -260,7 +252,7 @@ fn xact_try_lock_for_succeeds_when_the_holder_releases_inside_the_window() {
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("xact_try_lock_for_succeeds_when_the_holder_releases");
-        let (mut other, _) = held_elsewhere(key).await;
+        let (mut other, _) = support::held_elsewhere(key).await;
         let mut tx = pool.begin().await.unwrap();
         let pid = support::backend_pid(&mut tx).await;
         let release_after = Duration::from_millis(200);
@@ -295,9 +287,7 @@ fn xact_try_lock_for_succeeds_when_the_holder_releases_inside_the_window() {
         assert!(!support::try_lock_on(&mut other, key).await);
 
         tx.commit().await.unwrap();
-        assert!(support::try_lock_on(&mut other, key).await);
-        assert!(support::unlock_on(&mut other, key).await);
-        let _ = other.close().await;
+        support::take_then_close(other, key).await;
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }
@@ -307,7 +297,7 @@ fn a_short_local_statement_timeout_does_not_cut_a_longer_xact_try_lock_for() {
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("a_short_local_statement_timeout_does_not_cut");
-        let (mut other, other_pid) = held_elsewhere(key).await;
+        let (mut other, other_pid) = support::held_elsewhere(key).await;
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SET LOCAL statement_timeout = 50")
             .execute(&mut *tx)
@@ -348,7 +338,7 @@ fn xact_try_lock_for_granted_under_a_short_statement_timeout_keeps_the_transacti
     rt::run(async {
         let pool = support::pool_with(4).await;
         let key = support::key("xact_try_lock_for_granted_under_a_short_statement_timeout");
-        let (mut other, _) = held_elsewhere(key).await;
+        let (mut other, _) = support::held_elsewhere(key).await;
         let mut tx = pool.begin().await.unwrap();
         let pid = support::backend_pid(&mut tx).await;
         sqlx::query("SET LOCAL lock_timeout = '7s'")
@@ -390,9 +380,7 @@ fn xact_try_lock_for_granted_under_a_short_statement_timeout_keeps_the_transacti
         assert!(!support::try_lock_on(&mut other, key).await);
 
         tx.commit().await.unwrap();
-        assert!(support::try_lock_on(&mut other, key).await);
-        assert!(support::unlock_on(&mut other, key).await);
-        let _ = other.close().await;
+        support::take_then_close(other, key).await;
         assert_pool_holds_no_advisory_lock(&pool).await;
     });
 }

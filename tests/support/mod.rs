@@ -601,3 +601,26 @@ pub async fn acquire_with_pid(pool: &PgPool) -> (sqlx::pool::PoolConnection<sqlx
     let pid = backend_pid(&mut conn).await;
     (conn, pid)
 }
+
+/// A new session outside any pool and outside pglock that holds `key` exclusively
+/// (`pg_try_advisory_lock`), and its backend pid.
+pub async fn held_elsewhere(key: LockKey) -> (PgConnection, i32) {
+    let mut conn = connect().await;
+    assert!(
+        try_lock_on(&mut conn, key).await,
+        "another session takes {key}"
+    );
+    let pid = backend_pid(&mut conn).await;
+    (conn, pid)
+}
+
+/// Asserts that `conn` (another session) can take `key` now; it lets go at once and is
+/// closed.
+pub async fn take_then_close(mut conn: PgConnection, key: LockKey) {
+    assert!(
+        try_lock_on(&mut conn, key).await,
+        "{key} is free for another session"
+    );
+    assert!(unlock_on(&mut conn, key).await);
+    let _ = conn.close().await;
+}
