@@ -848,6 +848,47 @@ fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder
     });
 }
 
+#[test]
+fn tries_queued_behind_a_statement_on_a_terminated_lane_run_on_its_next_session() {
+    let _t = Timed::start("tries queued on a dead lane");
+    rt::run(async {
+        // Answers arrive 25 ms late: a try polled once stays in flight, and the tries
+        // polled after it queue behind it.
+        let pool = lanes::delayed_pool(4, Duration::from_millis(25)).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let keys = lanes::keys("client/tries-queued-on-a-dead-lane", 4);
+        let mut opener = client.lock(keys[3]);
+        assert!(opener.try_lock().await.unwrap());
+        let lane = the_holder(keys[3]).await;
+        opener.unlock().await.unwrap();
+        lanes::terminate(lane).await;
+
+        let mut locks: Vec<ClientLock> = keys[..3].iter().map(|k| client.lock(*k)).collect();
+        let mut tries: Vec<_> = locks.iter_mut().map(|l| Box::pin(l.try_lock())).collect();
+        for attempt in &mut tries {
+            assert!(
+                future::poll_once(attempt.as_mut()).await.is_none(),
+                "the first try is in flight on the dead lane, the others queue behind it"
+            );
+        }
+        for (i, attempt) in tries.into_iter().enumerate() {
+            let tried = within(LIMIT, "try_lock", attempt).await;
+            assert!(
+                matches!(tried, Ok(true)),
+                "try {i} runs again on the lane's next session instead of failing: {tried:?}"
+            );
+        }
+        let holders = lanes::holder_pids(&keys[..3]).await;
+        assert_eq!(holders.len(), 1, "all on the one lane: {holders:?}");
+        assert!(!holders.contains(&lane), "on a new session");
+        for lock in &mut locks {
+            lock.close().await.unwrap();
+        }
+        opener.close().await.unwrap();
+        assert!(lanes::untouched(&keys).await);
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Dropped locks and sets.
 
