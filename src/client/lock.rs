@@ -349,7 +349,7 @@ impl Drop for Reservation<'_> {
                 table.abandon(op);
             }
         }
-        self.lock.inner.wakers.wake_all();
+        self.lock.inner.wakers.nudge();
     }
 }
 
@@ -393,7 +393,7 @@ async fn wait_alone(
     let held = session.is_some();
     lock(&inner.table).wait_end(key, mode, op, session);
     guard.ended = true;
-    inner.wakers.wake_all();
+    inner.wakers.nudge();
     granted.map(|_| held)
 }
 
@@ -417,7 +417,7 @@ impl Drop for Alone<'_> {
             table.wait_end(self.key, self.mode, self.op, None);
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
@@ -432,7 +432,7 @@ impl Drop for ClientLock {
             }
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 

@@ -175,7 +175,7 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The driver holds only a weak reference: let it see that the client is gone.
-        self.wakers.wake_all();
+        self.wakers.wake_listeners();
     }
 }
 
@@ -316,12 +316,12 @@ impl LockClient {
             let Some(inner) = weak.upgrade() else {
                 return Poll::Ready(());
             };
-            inner.wakers.register(cx.waker());
+            inner.wakers.listen(cx.waker());
             let (landed, next) = {
                 let mut table = lock(&inner.table);
-                let landed = inner.drive(&mut table);
+                let landed = inner.drive(&mut table, cx.waker());
                 table.retire_idle(inner.idle_timeout);
-                let retired = inner.drive(&mut table);
+                let retired = inner.drive(&mut table, cx.waker());
                 (landed || retired, table.next_retirement(inner.idle_timeout))
             };
             inner.landed(landed);
@@ -341,22 +341,18 @@ impl LockClient {
 }
 
 impl Inner {
-    fn waker(&self) -> Waker {
-        Waker::from(Arc::clone(&self.wakers))
+    /// Moves the lanes on, polling them for the task of `waker`; whether anything
+    /// landed (then call [`landed`](Self::landed) once the table is unlocked).
+    fn drive(&self, table: &mut Table, waker: &Waker) -> bool {
+        table.drive(&self.shared, waker)
     }
 
-    /// Moves the lanes on; whether anything landed (then call [`landed`](Self::landed)
-    /// once the table is unlocked).
-    fn drive(&self, table: &mut Table) -> bool {
-        table.drive(&self.shared, &self.waker())
-    }
-
-    /// After a drive that landed answers: they may be other tasks' (and a lane may have
-    /// gone idle, for the driver to give back), and no waker need have fired for them,
-    /// so every waiting task looks again.
+    /// After a drive that landed answers: a lane may have gone idle (for the driver to
+    /// give back) or a key settled (for a set waiting for it): the listeners look again.
+    /// The answers themselves woke the tasks that wait for them.
     fn landed(&self, landed: bool) {
         if landed {
-            self.wakers.wake_all();
+            self.wakers.wake_listeners();
         }
     }
 
@@ -367,17 +363,21 @@ impl Inner {
             inner: self,
             op,
             done: false,
+            ticket: None,
         };
         std::future::poll_fn(|cx| {
-            guard.inner.wakers.register(cx.waker());
+            guard.inner.wakers.wait(&mut guard.ticket, cx.waker());
             let mut table = lock(&guard.inner.table);
-            let landed = guard.inner.drive(&mut table);
+            table.watch(guard.op, cx.waker());
+            let landed = guard.inner.drive(&mut table, cx.waker());
             let outcome = table.take(guard.op);
+            let busy = table.busy();
             drop(table);
             guard.inner.landed(landed);
             match outcome {
                 Some(outcome) => {
                     guard.done = true;
+                    guard.inner.wakers.leave(guard.ticket.take(), busy);
                     Poll::Ready(outcome)
                 }
                 None => Poll::Pending,
@@ -393,12 +393,19 @@ struct Pending<'a> {
     inner: &'a Inner,
     op: OpId,
     done: bool,
+    /// Under which the task waits in [`Wakers`].
+    ticket: Option<u64>,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.inner.table).abandon(self.op);
+            let busy = {
+                let mut table = lock(&self.inner.table);
+                table.abandon(self.op);
+                table.busy()
+            };
+            self.inner.wakers.leave(self.ticket.take(), busy);
         }
     }
 }

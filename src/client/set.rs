@@ -95,7 +95,7 @@ impl Drop for LockSet {
             member.end();
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
@@ -242,21 +242,25 @@ impl Drop for Taking {
         for (_, member) in &mut self.members {
             member.end();
         }
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
-/// Lets the lanes move on once: polls them, then yields.
+/// Lets the lanes move on once: polls them, then yields until the next change.
 async fn drive_once(inner: &Inner) {
     let mut polled = false;
     std::future::poll_fn(|cx| {
         if polled {
+            // It may have been the one polling a lane that is still busy: hand over.
+            if lock(&inner.table).busy() {
+                inner.wakers.nudge();
+            }
             return std::task::Poll::Ready(());
         }
         polled = true;
-        inner.wakers.register(cx.waker());
+        inner.wakers.listen(cx.waker());
         let mut table = lock(&inner.table);
-        let landed = inner.drive(&mut table);
+        let landed = inner.drive(&mut table, cx.waker());
         drop(table);
         inner.landed(landed);
         std::task::Poll::Pending
@@ -347,6 +351,6 @@ impl Drop for AllAlone<'_> {
             table.wait_all_end(self.keys, self.mode, self.op, None);
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
