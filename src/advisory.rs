@@ -49,11 +49,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
-use crate::error::LockMode;
 use crate::levels::Levels;
 use crate::session::{self, Effect, Reconnect, Session};
 use crate::sql::{self, KeyedSql, add};
-use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result, timer, trace};
+use crate::{
+    DistributedLock, Error, LockConnection, LockKey, LockMode, LockOptions, Result, timer, trace,
+};
 
 /// A PostgreSQL session-level advisory lock on one key, on one dedicated session.
 ///

@@ -1,26 +1,6 @@
 //! One error type for every operation, with variants a caller can act on.
 
-use std::fmt;
-
-use crate::LockKey;
-
-/// Which of PostgreSQL's two advisory lock modes an operation concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LockMode {
-    /// `pg_advisory_lock`: one session at a time.
-    Exclusive,
-    /// `pg_advisory_lock_shared`: any number of sessions together, but no exclusive holder.
-    Shared,
-}
-
-impl fmt::Display for LockMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockMode::Exclusive => "exclusive",
-            LockMode::Shared => "shared",
-        })
-    }
-}
+use crate::{LockKey, LockMode};
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -75,10 +75,10 @@ pub mod xact;
 
 pub use advisory::AdvisoryLock;
 pub use client::{ClientLock, ClientOptions, LockClient, LockSet};
-pub use error::{Error, LockMode, Result};
+pub use error::{Error, Result};
 pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
-pub use lock::{DistributedLock, LockProvider};
+pub use lock::{DistributedLock, LockMode, LockProvider};
 #[cfg(feature = "migrate")]
 pub use migrate::migrate;
 pub use options::LockOptions;

@@ -1,5 +1,6 @@
 //! The contract every lock implements, so application code can depend on a trait object.
 
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -139,4 +140,22 @@ pub trait DistributedLock: Send {
 pub trait LockProvider: Send + Sync {
     /// A new lock on `key`, with a session of its own.
     async fn new_lock(&self, key: LockKey) -> Result<Box<dyn DistributedLock>>;
+}
+
+/// Which of PostgreSQL's two advisory lock modes an operation concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// `pg_advisory_lock`: one session at a time.
+    Exclusive,
+    /// `pg_advisory_lock_shared`: any number of sessions together, but no exclusive holder.
+    Shared,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        })
+    }
 }
