@@ -51,6 +51,7 @@
 //! | `tls-native-tls`, `tls-rustls`, `tls-rustls-ring-webpki`, `tls-rustls-ring-native-roots`, `tls-rustls-aws-lc-rs` | the sqlx feature of the same name |
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod advisory;
@@ -64,6 +65,7 @@ mod levels;
 mod lock;
 pub mod memory;
 #[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod migrate;
 mod options;
 mod scoped;
@@ -80,6 +82,7 @@ pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
 pub use lock::{DistributedLock, LockMode, LockProvider};
 #[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub use migrate::migrate;
 pub use options::LockOptions;
 pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};
