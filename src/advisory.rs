@@ -67,7 +67,7 @@ use crate::{
 ///
 /// # async fn example() -> pglock::Result<()> {
 /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
-/// let mut lock = AdvisoryLock::new(&pool, pglock::hash("nightly-report")).await?;
+/// let mut lock = AdvisoryLock::new(&pool, pglock::LockKey::from_name("nightly-report")).await?;
 ///
 /// lock.lock().await?;          // waits for the key
 /// // ... the work only one process may do at a time ...

@@ -19,7 +19,7 @@ use crate::{AdvisoryLock, LockConnection, LockKey, LockMode, Result};
 ///
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
-/// let mut lock = pglock::AdvisoryLock::new(&pool, pglock::hash("reindex")).await?;
+/// let mut lock = pglock::AdvisoryLock::new(&pool, pglock::LockKey::from_name("reindex")).await?;
 /// if let Some(guard) = lock.try_lock_guard().await? {
 ///     // ... the work ...
 ///     guard.release().await?; // or just let it drop

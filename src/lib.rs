@@ -3,8 +3,9 @@
 //! pglock is a Rust port of the Go library go.rtnl.ai/pglock (itself a port of
 //! github.com/allisson/go-pglock). An [`AdvisoryLock`] holds one PostgreSQL session and
 //! takes session-level advisory locks on one [`LockKey`] through it: exclusive or shared,
-//! blocking or not, stacking like PostgreSQL's own. Keys made with [`hash`] are the ones Go
-//! pglock makes, so Rust and Go services can share locks.
+//! blocking or not, stacking like PostgreSQL's own. A name's key,
+//! [`LockKey::from_name`], is the one Go pglock's `Hash` makes, so Rust and Go services
+//! can share locks.
 //!
 //! What it adds over the Go library and over sqlx's `PgAdvisoryLock`:
 //!

@@ -108,8 +108,8 @@ impl MemoryLocks {
         Self::default()
     }
 
-    /// A new session with a lock on `key`. A `&str` is a name, hashed as
-    /// [`LockKey::from_name`] does, so tests can use the names production code uses.
+    /// A new session with a lock on `key`. A `&str` is a name, whose key is
+    /// [`LockKey::from_name`]'s, so tests can use the names production code uses.
     ///
     /// ```
     /// use pglock::{LockKey, memory::MemoryLocks};
@@ -219,7 +219,7 @@ impl std::fmt::Debug for MemoryLocks {
 }
 
 /// What [`MemoryLocks`] accepts as a key: a [`LockKey`], an `i64`, an `(i32, i32)`, or a
-/// name (`&str`, hashed like [`LockKey::from_name`]).
+/// name (`&str`, whose key is [`LockKey::from_name`]'s).
 ///
 /// ```
 /// use pglock::{LockKey, memory::IntoMemoryKey};

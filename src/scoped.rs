@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
-//! let report = pglock::with_lock(&pool, pglock::hash("monthly-report"), || async {
+//! let report = pglock::with_lock(&pool, pglock::LockKey::from_name("monthly-report"), || async {
 //!     // ... only one process at a time runs this ...
 //!     42
 //! })

@@ -147,7 +147,7 @@ impl ClientOptions {
 /// let client = pglock::LockClient::new(&pool);
 /// tokio::spawn(client.driver()); // releases dropped locks, gives idle sessions back
 ///
-/// let mut invoice = client.lock(pglock::hash("invoice-42"));
+/// let mut invoice = client.lock(pglock::LockKey::from_name("invoice-42"));
 /// if invoice.try_lock().await? {
 ///     // ... the work ...
 ///     invoice.unlock().await?;
