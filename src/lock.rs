@@ -58,11 +58,11 @@ use crate::{LockKey, Result};
 ///
 /// # Cancel safety
 ///
-/// Every method's future may be dropped at any point. The lock's record stays true: no
-/// level is left held on the lock's behalf that it does not count (a grant that races the
-/// drop is given back), and levels held before the call stay counted, still held or lost
-/// and reported under the rules above. What a dropped call costs besides depends on the
-/// implementation:
+/// Every method's future may be dropped at any point. The lock's record stays true: a
+/// grant that races the drop is given back, so no level is left held on the lock's
+/// behalf that it does not count (the one exception, a borrowed connection, is below),
+/// and levels held before the call stay counted, still held or lost and reported under
+/// the rules above. What a dropped call costs besides depends on the implementation:
 ///
 /// - an [`AdvisoryLock`](crate::AdvisoryLock#cancel-safety) on a connection it owns ends
 ///   its session when a statement that may change levels is cut off (sqlx cannot cancel
@@ -105,7 +105,8 @@ pub trait DistributedLock: Send {
     /// [`Error::LockLost`](crate::Error::LockLost) if the acquisition failed and levels the
     /// lock held were lost on the way (they stay to be accounted for);
     /// [`Error::Closed`](crate::Error::Closed) after [`close`](Self::close); and the
-    /// implementation's own ([Errors](DistributedLock#errors)). Nothing was taken.
+    /// implementation's own ([Errors](DistributedLock#errors)). After an error the lock
+    /// holds no new level.
     ///
     /// # Cancel safety
     ///
