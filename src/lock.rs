@@ -14,6 +14,24 @@ use crate::{LockKey, Result};
 /// may hold both on its key. The trait is object-safe, so code can take a
 /// `Box<dyn DistributedLock>` and tests can hand it another implementation.
 ///
+/// ```no_run
+/// use pglock::{AdvisoryLock, DistributedLock};
+///
+/// async fn run_job(lock: &mut dyn DistributedLock) -> pglock::Result<()> {
+///     if lock.try_lock().await? {
+///         // ... the work only one process may do ...
+///         lock.unlock().await?;
+///     }
+///     Ok(())
+/// }
+///
+/// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
+/// let mut lock: Box<dyn DistributedLock> = Box::new(AdvisoryLock::new(&pool, 42).await?);
+/// run_job(lock.as_mut()).await?;
+/// lock.close().await
+/// # }
+/// ```
+///
 /// # When a lock is lost
 ///
 /// A lock's levels can be lost through no fault of the caller: its session ends (it is
@@ -74,24 +92,6 @@ use crate::{LockKey, Result};
 ///   its lane's statement runs on and its answer is applied, and a wait on a session of
 ///   its own ends that session alone;
 /// - a [`MemoryLock`](crate::memory::MemoryLock) leaves the wait queue.
-///
-/// ```no_run
-/// use pglock::{AdvisoryLock, DistributedLock};
-///
-/// async fn run_job(lock: &mut dyn DistributedLock) -> pglock::Result<()> {
-///     if lock.try_lock().await? {
-///         // ... the work only one process may do ...
-///         lock.unlock().await?;
-///     }
-///     Ok(())
-/// }
-///
-/// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
-/// let mut lock: Box<dyn DistributedLock> = Box::new(AdvisoryLock::new(&pool, 42).await?);
-/// run_job(lock.as_mut()).await?;
-/// lock.close().await
-/// # }
-/// ```
 #[async_trait]
 pub trait DistributedLock: Send {
     /// The key this lock is for.
