@@ -8,6 +8,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong with a lock operation.
 ///
 /// A wait that times out is not an error: timed and `try_` acquisitions return `Ok(false)`.
+/// Each method's `# Errors` section says which variants it returns, and when; the ones
+/// every lock shares are listed on [`DistributedLock`](crate::DistributedLock#errors).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -21,6 +21,10 @@
 //!   handful of sessions, batches the operations of many tasks per round trip, and takes
 //!   several keys all-or-nothing in one statement.
 //!
+//! Every method that acquires or releases says which [`Error`]s it returns (`# Errors`) and
+//! what dropping its future mid-way does (`# Cancel safety`); what all locks share is
+//! stated once, on [`DistributedLock`].
+//!
 //! ```no_run
 //! use pglock::{AdvisoryLock, LockKey};
 //!
