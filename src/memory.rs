@@ -285,8 +285,8 @@ impl LockProvider for MemoryLocks {
 /// # Cancel safety
 ///
 /// A dropped wait leaves the queue (which may grant those behind it) and gives back a
-/// grant that raced the drop; the levels held before stay held. Every other method
-/// completes at its first poll.
+/// grant that raced the drop; the levels held before stay held. [`lost`](Self::lost)
+/// only watches; every other method completes at its first poll.
 pub struct MemoryLock {
     space: Arc<Mutex<Space>>,
     key: LockKey,
