@@ -1021,7 +1021,8 @@ impl Table {
     }
 
     /// A lane's session is gone: every level on it is lost, for every local lock that
-    /// held it; operations still queued for it fail. Keys of the lane without levels on
+    /// held it; operations still queued for it fail, but for tries on keys that lost
+    /// nothing, which stay queued for the lane's next session. Keys of the lane without levels on
     /// it (a try on its way, a wait on a session of its own) lose nothing.
     fn lose_lane(&mut self, lane: LaneId, shared: &Shared, err: &Error) {
         // Releases still queued: their levels went with the session. They are settled
@@ -1055,11 +1056,23 @@ impl Table {
             shared.local.lose(*key);
         }
         self.lanes[lane].levels = 0;
+        // A try that was still queued never reached the dead session: it goes on the
+        // lane's next one, once (as a sent try found gone does), unless its key lost
+        // levels here.
+        let again = session::found_gone(err);
         for id in queued {
-            let Some(key) = self.ops.get(&id).map(|op| op.key) else {
+            let Some(op) = self.ops.get_mut(&id) else {
                 continue;
             };
-            let answer = match keys.contains(&key) {
+            let key = op.key;
+            let lost = keys.contains(&key);
+            let is_try = matches!(op.kind, OpKind::Try(_) | OpKind::TryAll { .. });
+            if again && is_try && !lost && !op.retried {
+                op.retried = true;
+                self.lanes[lane].queue.push_back(id);
+                continue;
+            }
+            let answer = match lost {
                 true => Error::LockLost { key },
                 false => copy_error(err, key),
             };
