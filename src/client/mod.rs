@@ -147,7 +147,7 @@ impl ClientOptions {
 /// let client = pglock::LockClient::new(&pool);
 /// tokio::spawn(client.driver()); // releases dropped locks, gives idle sessions back
 ///
-/// let mut invoice = client.lock(pglock::hash("invoice-42"));
+/// let mut invoice = client.lock(pglock::LockKey::from_name("invoice-42"));
 /// if invoice.try_lock().await? {
 ///     // ... the work ...
 ///     invoice.unlock().await?;
@@ -210,6 +210,18 @@ impl LockClient {
 
     /// Every key exclusively, or none, in one round trip: `None` (and nothing held
     /// anywhere) if any key is taken, by another session or another lock of this client.
+    /// Duplicate keys count once; no keys give an empty set.
+    ///
+    /// # Errors
+    ///
+    /// The errors of the lane's session, as a [`ClientLock`]'s
+    /// ([Errors](ClientLock#errors)): [`Error::Database`](crate::Error::Database),
+    /// [`Error::Disconnected`](crate::Error::Disconnected),
+    /// [`Error::Unresponsive`](crate::Error::Unresponsive),
+    /// [`Error::SessionNotPinned`](crate::Error::SessionNotPinned),
+    /// [`Error::StandbyServer`](crate::Error::StandbyServer),
+    /// [`Error::TooManyLocks`](crate::Error::TooManyLocks). Nothing is held anywhere
+    /// after an error.
     ///
     /// # Cancel safety
     ///
@@ -224,6 +236,14 @@ impl LockClient {
     }
 
     /// [`try_lock_all`](Self::try_lock_all), shared.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all).
     pub async fn try_lock_all_shared<I, K>(&self, keys: I) -> Result<Option<LockSet>>
     where
         I: IntoIterator<Item = K>,
@@ -236,6 +256,14 @@ impl LockClient {
     /// all-or-nothing try; then the keys are waited for in sorted order on a session that
     /// holds nothing else, so that callers doing the same never deadlock. `None` when the
     /// time runs out, and nothing is held anywhere.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all), for the try and for the waiting session
+    /// (taken from the pool: [`Error::Database`](crate::Error::Database) if it gives
+    /// none), and [`Error::Deadlock`](crate::Error::Deadlock) if the server breaks a
+    /// deadlock with sessions that take the keys in another order. Running out of time is
+    /// `Ok(None)`. Nothing is held anywhere after an error.
     ///
     /// # Cancel safety
     ///
@@ -253,6 +281,14 @@ impl LockClient {
     }
 
     /// [`try_lock_all_for`](Self::try_lock_all_for), shared.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all_for`](Self::try_lock_all_for).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_all_for`](Self::try_lock_all_for).
     pub async fn try_lock_all_shared_for<I, K>(
         &self,
         keys: I,
@@ -280,6 +316,16 @@ impl LockClient {
     /// a lane found gone reports its levels lost to every lock that held one, as their
     /// next operation or `lost()` would find it. `Ok` once every lane has answered or
     /// been found gone.
+    ///
+    /// # Errors
+    ///
+    /// None: a lane found gone is the answer, reported to its locks, not an error of the
+    /// check.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe: the checks belong to the lanes, which apply their
+    /// answers anyway.
     pub async fn check_sessions(&self) -> Result<()> {
         let ops = lock(&self.inner.table).check_lanes();
         for op in ops {

@@ -45,8 +45,13 @@ impl LockSet {
     }
 
     /// Releases every key, in one round trip per lane (the lanes at once).
-    /// [`Error::LockLost`] if a key's level was lost meanwhile (the others are released
-    /// all the same).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if a key's level was lost meanwhile, or its lane was found gone
+    /// as it released (the others are released all the same); a release that fails
+    /// otherwise returns its lane's error, as a [`ClientLock`](super::ClientLock)'s
+    /// ([Errors](super::ClientLock#errors)).
     ///
     /// # Cancel safety
     ///
