@@ -65,6 +65,8 @@
 //! time with a std thread.
 
 use std::collections::{HashMap, VecDeque};
+
+use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -663,19 +665,19 @@ impl Space {
 }
 
 /// One key, as PostgreSQL's shared lock table sees it, plus what lost sessions still
-/// have to hear.
+/// have to hear. Maps by session or request id use FNV: ids are the crate's own counter.
 #[derive(Default)]
 struct KeyQueue {
     /// The levels each session holds (only sessions holding some).
-    held: HashMap<u64, Levels>,
+    held: FnvHashMap<u64, Levels>,
     /// Levels each session lost and has not accounted for yet.
-    lost: HashMap<u64, Levels>,
+    lost: FnvHashMap<u64, Levels>,
     /// The waker of each session's pending `lost()`.
-    loss_watchers: HashMap<u64, Waker>,
+    loss_watchers: FnvHashMap<u64, Waker>,
     /// Requests waiting, in PostgreSQL's wait-queue order.
     waiting: VecDeque<Waiter>,
     /// Requests that left the queue granted or failed, until their `Wait` collects them.
-    finished: HashMap<u64, Outcome>,
+    finished: FnvHashMap<u64, Outcome>,
 }
 
 /// Levels per mode; also used as a set of modes (a mode is in it if its count is not 0).

@@ -17,6 +17,8 @@
 //! more than half its throughput with 64 tasks (`cargo bench --bench client throughput`).
 
 use std::collections::{HashMap, VecDeque};
+
+use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
@@ -192,7 +194,7 @@ pub(super) struct Wakers {
 struct Registry {
     /// Tasks waiting for an operation, by ticket: each is woken by its own answer, and
     /// one of them when another leaves the lanes busy.
-    waiting: HashMap<u64, Waker>,
+    waiting: FnvHashMap<u64, Waker>,
     next_ticket: u64,
     /// Tasks woken at every change: the driver, and sets waiting for a key in transition.
     listeners: Vec<Waker>,
@@ -288,7 +290,8 @@ pub(super) enum Backed {
 pub(super) struct Table {
     keys: HashMap<LockKey, Backing>,
     lanes: Vec<Lane>,
-    ops: HashMap<OpId, Op>,
+    /// By id: ids are the client's own counter, so FNV (no flooding to defend against).
+    ops: FnvHashMap<OpId, Op>,
     next_op: OpId,
     fixed: usize,
     /// Waiting sessions (taken from the pool for a wait) right now.
@@ -300,7 +303,7 @@ impl Table {
         Table {
             keys: HashMap::new(),
             lanes: (0..fixed).map(|_| Lane::new(false)).collect(),
-            ops: HashMap::new(),
+            ops: FnvHashMap::default(),
             next_op: 0,
             fixed,
             waiting: 0,
