@@ -13,8 +13,9 @@
 //! wait for that operation ([`Table::watch`]). A task that stops waiting while a lane is
 //! busy hands the driving over to one other waiting task ([`Wakers::leave`]). Tasks that
 //! want to hear of any change (the driver, a set waiting for a key in transition) listen
-//! to every landing. Waking every waiting task at every landing instead cost the client
-//! more than half its throughput with 64 tasks (`cargo bench --bench client throughput`).
+//! to every landing. Waking every waiting task at every landing instead cost a quarter
+//! of the throughput with 64 tasks on one CPU (2.2× the baseline against 2.85×,
+//! `cargo bench --bench client throughput`, BENCHMARKS.md).
 
 use std::collections::{HashMap, VecDeque};
 
