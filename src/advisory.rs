@@ -49,11 +49,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
-use crate::error::LockMode;
 use crate::levels::Levels;
 use crate::session::{self, Effect, Reconnect, Session};
 use crate::sql::{self, KeyedSql, add};
-use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result, timer, trace};
+use crate::{
+    DistributedLock, Error, LockConnection, LockKey, LockMode, LockOptions, Result, timer, trace,
+};
 
 /// A PostgreSQL session-level advisory lock on one key, on one dedicated session.
 ///
@@ -66,7 +67,7 @@ use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result
 ///
 /// # async fn example() -> pglock::Result<()> {
 /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
-/// let mut lock = AdvisoryLock::new(&pool, pglock::hash("nightly-report")).await?;
+/// let mut lock = AdvisoryLock::new(&pool, pglock::LockKey::from_name("nightly-report")).await?;
 ///
 /// lock.lock().await?;          // waits for the key
 /// // ... the work only one process may do at a time ...
@@ -76,6 +77,52 @@ use crate::{DistributedLock, Error, LockConnection, LockKey, LockOptions, Result
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Errors
+///
+/// Besides the errors every [`DistributedLock`] returns ([`Error::Closed`],
+/// [`Error::NotHeld`], [`Error::LockLost`], [`Error::Deadlock`]: see
+/// [Errors](DistributedLock#errors)), the lock's session can fail it:
+///
+/// - [`Error::Database`]: the error of a statement, as sqlx reports it. Among them a
+///   session found gone (the call that finds it; a lock from [`new`](Self::new) then
+///   tries an acquisition once more on a new session first), and a pool that gives no
+///   new connection.
+/// - [`Error::Disconnected`]: the session ended earlier (it failed, or a cut-off
+///   statement ended it) and the lock cannot open another: a lock made with
+///   [`with_connection`](Self::with_connection) or [`from_acquire`](Self::from_acquire).
+///   A lock from [`new`](Self::new) opens a new session from its pool instead.
+/// - [`Error::Interrupted`]: on a borrowed connection, an earlier call was dropped while
+///   its statement could change levels (see [Cancel safety](#cancel-safety)).
+/// - [`Error::Unresponsive`]: a statement went unanswered for
+///   [`operation_timeout`](LockOptions::operation_timeout) (a timed wait: its timeout
+///   plus that; a blocking wait has no bound), and the session was ended. Levels held
+///   were lost with it: then [`Error::LockLost`].
+/// - [`Error::SessionNotPinned`]: the statements ran on two server sessions (a
+///   transaction-pooling proxy); the lock is unusable from then on.
+/// - [`Error::StandbyServer`]: the session's first statement found a hot standby;
+///   nothing was taken.
+/// - [`Error::TooManyLocks`]: the server's lock table is full; nothing was taken.
+///
+/// A call that fails after finding levels lost on the way reports [`Error::LockLost`]
+/// rather than its own error (but for `SessionNotPinned`, which says why).
+///
+/// # Cancel safety
+///
+/// sqlx cannot cancel a statement: a dropped `pg_advisory_lock` keeps waiting on the
+/// server, and may be granted later. So a future dropped while a statement that may change
+/// levels is in flight (an acquisition, a release, or the release a dropped guard owes,
+/// which any call sends first) ends the session at once: an owned connection is closed,
+/// not returned to its pool, so the server frees what it held or waited for. The levels
+/// the lock held are then lost, and reported as [`DistributedLock`] says; a lock from
+/// [`new`](Self::new) opens a new session with its next call, others return
+/// [`Error::Disconnected`]. A dropped read ([`is_held`](Self::is_held), the checks of
+/// [`lost`](Self::lost)) ends nothing: its answer is read before the next statement.
+///
+/// On a borrowed connection the lock cannot end the session, which may still be waiting
+/// for or holding the key: every later call returns [`Error::Interrupted`], and the
+/// connection's owner frees the key by closing the connection. Where a wait may be given
+/// up on a borrowed connection, use [`try_lock_for`](Self::try_lock_for).
 pub struct AdvisoryLock<C: LockConnection = PoolConnection<Postgres>> {
     key: LockKey,
     session: Session<C>,
@@ -96,6 +143,16 @@ impl AdvisoryLock {
     /// operation, which also sets the session up. If the lock is dropped holding levels,
     /// the connection is closed instead of returned to the pool, so the levels go with
     /// it. If the session is lost, the lock takes a new connection from the same pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the pool gives no connection (it is closed, or its
+    /// `acquire_timeout` passed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future takes nothing: a connection it was waiting for stays in the
+    /// pool.
     pub async fn new(pool: &PgPool, key: impl Into<LockKey>) -> Result<Self> {
         let mut lock = Self::from_acquire(pool, key).await?;
         lock.session.set_reconnect(Reconnect {
@@ -124,6 +181,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
     ///
     /// A session lock taken inside a transaction outlives the transaction: commit and
     /// rollback do not release it.
+    ///
+    /// Sends nothing, and cannot fail: the first operation sets the session up.
     pub fn with_connection(conn: C, key: impl Into<LockKey>) -> Self {
         AdvisoryLock {
             key: key.into(),
@@ -148,6 +207,16 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if `source` gives no connection (a pool that is closed, or
+    /// whose `acquire_timeout` passed; a `&mut` connection or transaction always gives
+    /// one).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future takes nothing, as [`new`](Self::new).
     pub async fn from_acquire<'a, A>(source: A, key: impl Into<LockKey>) -> Result<Self>
     where
         A: Acquire<'a, Database = Postgres, Connection = C>,
@@ -158,7 +227,8 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// Replaces the lock's [`LockOptions`]. Session settings take effect from the next
-    /// session the lock sets up (with its first statement).
+    /// session the lock sets up (with its first statement). Sends nothing, and cannot
+    /// fail.
     pub fn with_options(mut self, options: LockOptions) -> Self {
         self.session.set_options(options);
         self
@@ -211,13 +281,21 @@ impl<C: LockConnection> AdvisoryLock<C> {
     ///
     /// The wait has no bound; use [`try_lock_for`](Self::try_lock_for) for one.
     ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::lock`], and the [session's errors](Self#errors). A lock from
+    /// [`new`](Self::new) whose session is found gone tries once more on a new one; but a
+    /// wait whose session dies while the lock holds levels ends with
+    /// [`Error::LockLost`]: the loss happened during the call.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future ends an owned session at once (its connection is closed, not
     /// returned to the pool), so a cancelled wait is never granted behind the caller's
     /// back; levels the lock held before are then lost, and reported as the
     /// [`DistributedLock`] docs say. On a borrowed connection the lock cannot end the
-    /// session: its next call fails with [`Error::Interrupted`].
+    /// session: its next call fails with [`Error::Interrupted`]. See
+    /// [Cancel safety](Self#cancel-safety).
     pub async fn lock(&mut self) -> Result<()> {
         self.acquire(LockMode::Exclusive, Wait::Forever)
             .await
@@ -225,7 +303,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// Waits until the shared level is granted (`pg_advisory_lock_shared`), then holds
-    /// one more level. Cancel safety: as [`lock`](Self::lock).
+    /// one more level.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn lock_shared(&mut self) -> Result<()> {
         self.acquire(LockMode::Shared, Wait::Forever)
             .await
@@ -233,13 +319,29 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// Takes one exclusive level if no other session holds the key; `Ok(false)` otherwise.
-    /// Cancel safety: as [`lock`](Self::lock).
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::try_lock`], and the [session's errors](Self#errors). A lock
+    /// from [`new`](Self::new) whose session is found gone tries once more on a new one.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock(&mut self) -> Result<bool> {
         self.acquire(LockMode::Exclusive, Wait::No).await
     }
 
     /// Takes one shared level if no other session holds the key exclusively; `Ok(false)`
-    /// otherwise. Cancel safety: as [`lock`](Self::lock).
+    /// otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock`](Self::try_lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_shared(&mut self) -> Result<bool> {
         self.acquire(LockMode::Shared, Wait::No).await
     }
@@ -255,36 +357,87 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// asks the server and reports what is true (a second round trip, only on a timeout:
     /// PostgreSQL ends a timed-out wait with an error that no statement can catch, and
     /// may have granted the level just before). A zero timeout is
-    /// [`try_lock`](Self::try_lock). Cancel safety: as [`lock`](Self::lock).
+    /// [`try_lock`](Self::try_lock).
     ///
     /// On a borrowed connection inside a transaction block, a timeout aborts that
     /// transaction (PostgreSQL fails the statement); use the transaction-scoped locks there.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock); running out of time is `Ok(false)`. The statement is
+    /// bounded by `timeout` plus [`operation_timeout`](LockOptions::operation_timeout):
+    /// past that, [`Error::Unresponsive`]. In a transaction block on a borrowed
+    /// connection, a timeout leaves the transaction aborted, and the check after it fails
+    /// with [`Error::Database`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock): the server's `lock_timeout` bounds the wait, but a dropped
+    /// future still ends an owned session at once.
     pub async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
         self.acquire(LockMode::Exclusive, Wait::For(timeout)).await
     }
 
     /// [`try_lock_for`](Self::try_lock_for) for one shared level.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_for`](Self::try_lock_for).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
         self.acquire(LockMode::Shared, Wait::For(timeout)).await
     }
 
-    /// Releases one exclusive level. With none held: [`Error::NotHeld`], and nothing
-    /// changes; if the level it pairs with was lost: [`Error::LockLost`].
+    /// Releases one exclusive level.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::unlock`]: with none held, [`Error::NotHeld`], and nothing
+    /// changes; if the level it pairs with was lost, [`Error::LockLost`]. A release that
+    /// finds the session gone or ends it (say, unanswered) is [`Error::LockLost`] too:
+    /// the levels went with the session. With nothing left to release on a lock that can
+    /// never use a session again: [`Error::Closed`], [`Error::Interrupted`] or
+    /// [`Error::SessionNotPinned`] rather than `NotHeld`. Otherwise the
+    /// [session's errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cut off while its statement runs, it ends an owned session, as a cancelled
+    /// acquisition does: every level the lock held, this one included, is then lost (see
+    /// [Cancel safety](Self#cancel-safety)).
     pub async fn unlock(&mut self) -> Result<()> {
         self.release(LockMode::Exclusive).await
     }
 
-    /// Releases one shared level. With none held: [`Error::NotHeld`], and nothing
-    /// changes; if the level it pairs with was lost: [`Error::LockLost`].
+    /// Releases one shared level.
+    ///
+    /// # Errors
+    ///
+    /// As [`unlock`](Self::unlock), for the shared mode.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`unlock`](Self::unlock).
     pub async fn unlock_shared(&mut self) -> Result<()> {
         self.release(LockMode::Shared).await
     }
 
     /// Whether this lock's session holds the key in any mode, from `pg_locks`.
     ///
+    /// # Errors
+    ///
     /// If the lock believed it held levels and the server says otherwise (or the session
     /// is gone), the levels were lost: [`Error::LockLost`], as long as any lost level is
-    /// unaccounted for.
+    /// unaccounted for. [`Error::Closed`] after [`close`](Self::close); otherwise the
+    /// [session's errors](Self#errors) (on a new session, the first statement may find a
+    /// standby: [`Error::StandbyServer`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping it ends nothing (see [Cancel safety](Self#cancel-safety)).
     pub async fn is_held(&mut self) -> Result<bool> {
         self.sync_with_session();
         if self.lost.any() {
@@ -333,9 +486,19 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// interval plus a round trip, or interval + check timeout on a silent network. No
     /// query stays open between checks. Runtime-agnostic: it keeps time with a std thread.
     ///
-    /// With a lost level unaccounted for it resolves at once with [`Error::LockLost`];
-    /// with no level held with [`Error::NotHeld`]; on a closed lock with
-    /// [`Error::Closed`]. Dropping it (when the work wins) is safe at any point.
+    /// # Errors
+    ///
+    /// The output is the error: with a lost level unaccounted for it resolves at once
+    /// with [`Error::LockLost`]; with no level held with [`Error::NotHeld`]; on a closed
+    /// lock with [`Error::Closed`]. A check that fails resolves with `LockLost` if the
+    /// levels went with it, else with the check's own error (such as
+    /// [`Error::SessionNotPinned`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it (when the work wins) is safe at any point: its checks are reads. (With
+    /// a dropped guard's release owed, it sends that first, and cut off there it ends the
+    /// session as any call would: see [Cancel safety](Self#cancel-safety).)
     pub async fn lost(&mut self) -> Error {
         loop {
             self.sync_with_session();
@@ -370,8 +533,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
     /// connection (an owned pool connection goes back to the pool, clean).
     ///
     /// Afterwards every operation returns [`Error::Closed`]; closing again is `Ok(())`.
-    /// If levels were lost and not yet reported, the lock is closed all the same and the
-    /// loss is reported: [`Error::LockLost`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if levels were lost and not yet reported, or were lost as it
+    /// released them (a release that fails ends the session rather than hand back one
+    /// that may still hold them); the lock is closed all the same. If only the levels of
+    /// dropped guards were left and their release fails, that failure's error (the
+    /// [session's errors](Self#errors); `Ok(())` if it found the session gone, which
+    /// freed them); an owned session is ended then, which frees them.
     ///
     /// # Cancel safety
     ///

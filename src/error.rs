@@ -1,26 +1,6 @@
 //! One error type for every operation, with variants a caller can act on.
 
-use std::fmt;
-
-use crate::LockKey;
-
-/// Which of PostgreSQL's two advisory lock modes an operation concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LockMode {
-    /// `pg_advisory_lock`: one session at a time.
-    Exclusive,
-    /// `pg_advisory_lock_shared`: any number of sessions together, but no exclusive holder.
-    Shared,
-}
-
-impl fmt::Display for LockMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockMode::Exclusive => "exclusive",
-            LockMode::Shared => "shared",
-        })
-    }
-}
+use crate::{LockKey, LockMode};
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,6 +8,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong with a lock operation.
 ///
 /// A wait that times out is not an error: timed and `try_` acquisitions return `Ok(false)`.
+/// Each method's `# Errors` section says which variants it returns, and when; the ones
+/// every lock shares are listed on [`DistributedLock`](crate::DistributedLock#errors).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

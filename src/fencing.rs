@@ -70,6 +70,24 @@ impl fmt::Display for FencingToken {
 /// Exclusive acquisitions that hand out a fencing token.
 impl<C: LockConnection> AdvisoryLock<C> {
     /// [`lock`](Self::lock), and the key's next fencing token, in one round trip.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock) (but a session found gone is not tried again: that call
+    /// fails), and:
+    ///
+    /// - [`Error::Database`] if the statement fails: above all when the token table is
+    ///   missing (run `pglock::migrate`, feature `migrate`, or the migrations
+    ///   in `migrations/`), then nothing is taken. A level granted before a failure is found
+    ///   in `pg_locks` and released.
+    /// - [`Error::LockLost`] if it fails while the lock held exclusive levels already:
+    ///   `pg_locks` cannot tell whether one more was taken, so the session is ended and
+    ///   its levels are lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock). A token issued to a cut-off acquisition is used up:
+    /// tokens grow, but may skip numbers.
     pub async fn lock_fenced(&mut self) -> Result<FencingToken> {
         self.acquire_exclusive_returning(sql::LOCK_FENCED, self.key().to_string(), true)
             .await?
@@ -79,6 +97,15 @@ impl<C: LockConnection> AdvisoryLock<C> {
 
     /// [`try_lock`](Self::try_lock): the next fencing token if the key was free, or
     /// `None` (and no token is used up).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_fenced`](Self::lock_fenced), with [`try_lock`](Self::try_lock)'s in
+    /// place of `lock`'s.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock_fenced`](Self::lock_fenced).
     pub async fn try_lock_fenced(&mut self) -> Result<Option<FencingToken>> {
         let token = self
             .acquire_exclusive_returning(sql::TRY_LOCK_FENCED, self.key().to_string(), false)
@@ -92,6 +119,17 @@ impl<C: LockConnection> AdvisoryLock<C> {
 ///
 /// It share-locks the token row until the transaction ends, so no newer token can be
 /// issued before this write commits.
+///
+/// # Errors
+///
+/// [`Error::StaleToken`] if a newer token was issued for `key` (or none was: `current`
+/// is then 0); [`Error::Database`] if the statement fails (the token table is missing,
+/// the transaction is aborted, the connection is gone).
+///
+/// # Cancel safety
+///
+/// Dropping the future leaves its statement to the transaction's connection, as sqlx
+/// does with any dropped query; roll the transaction back (or drop it) to end it.
 pub async fn check(
     tx: &mut Transaction<'_, Postgres>,
     key: impl Into<LockKey>,

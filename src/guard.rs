@@ -19,7 +19,7 @@ use crate::{AdvisoryLock, LockConnection, LockKey, LockMode, Result};
 ///
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
-/// let mut lock = pglock::AdvisoryLock::new(&pool, pglock::hash("reindex")).await?;
+/// let mut lock = pglock::AdvisoryLock::new(&pool, pglock::LockKey::from_name("reindex")).await?;
 /// if let Some(guard) = lock.try_lock_guard().await? {
 ///     // ... the work ...
 ///     guard.release().await?; // or just let it drop
@@ -47,6 +47,18 @@ impl<C: LockConnection> AdvisoryLockGuard<'_, C> {
     }
 
     /// Releases the level now and reports how that went.
+    ///
+    /// # Errors
+    ///
+    /// As [`AdvisoryLock::unlock`] (or [`unlock_shared`](AdvisoryLock::unlock_shared)):
+    /// [`Error::LockLost`](crate::Error::LockLost) if the level was lost meanwhile (it is
+    /// then accounted for), or the [session's errors](AdvisoryLock#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before its first poll, it is a dropped guard: the release is owed. Cut off
+    /// while its statement runs, it ends an owned session as
+    /// [`unlock`](AdvisoryLock::unlock) does.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         match self.mode {
@@ -74,32 +86,77 @@ impl<C: LockConnection> std::fmt::Debug for AdvisoryLockGuard<'_, C> {
 }
 
 /// Acquisitions that hand back a guard.
+///
+/// Each returns the errors of the acquisition it wraps ([`lock`](AdvisoryLock::lock),
+/// [`try_lock`](AdvisoryLock::try_lock), ...; see [Errors](AdvisoryLock#errors)) and is
+/// as cancel safe: no guard exists until the future resolves, and a dropped acquisition
+/// costs what it costs without one ([Cancel safety](AdvisoryLock#cancel-safety)).
 impl<C: LockConnection> AdvisoryLock<C> {
     /// [`lock`](Self::lock), returning a guard for the level.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock): no guard exists until the future resolves.
     pub async fn lock_guard(&mut self) -> Result<AdvisoryLockGuard<'_, C>> {
         self.lock().await?;
         Ok(self.guard(LockMode::Exclusive))
     }
 
     /// [`lock_shared`](Self::lock_shared), returning a guard for the level.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_shared`](Self::lock_shared).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock_shared`](Self::lock_shared): no guard exists until the future resolves.
     pub async fn lock_shared_guard(&mut self) -> Result<AdvisoryLockGuard<'_, C>> {
         self.lock_shared().await?;
         Ok(self.guard(LockMode::Shared))
     }
 
     /// [`try_lock`](Self::try_lock): a guard, or `None` if another session holds the key.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock`](Self::try_lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock`](Self::try_lock): no guard exists until the future resolves.
     pub async fn try_lock_guard(&mut self) -> Result<Option<AdvisoryLockGuard<'_, C>>> {
         let acquired = self.try_lock().await?;
         Ok(acquired.then(|| self.guard(LockMode::Exclusive)))
     }
 
     /// [`try_lock_shared`](Self::try_lock_shared): a guard, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_shared`](Self::try_lock_shared).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_shared`](Self::try_lock_shared): no guard exists until the future resolves.
     pub async fn try_lock_shared_guard(&mut self) -> Result<Option<AdvisoryLockGuard<'_, C>>> {
         let acquired = self.try_lock_shared().await?;
         Ok(acquired.then(|| self.guard(LockMode::Shared)))
     }
 
     /// [`try_lock_for`](Self::try_lock_for): a guard, or `None` when `timeout` runs out.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_for`](Self::try_lock_for).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_for`](Self::try_lock_for): no guard exists until the future resolves.
     pub async fn try_lock_guard_for(
         &mut self,
         timeout: Duration,
@@ -109,6 +166,14 @@ impl<C: LockConnection> AdvisoryLock<C> {
     }
 
     /// [`try_lock_shared_for`](Self::try_lock_shared_for): a guard, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_shared_for`](Self::try_lock_shared_for).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_shared_for`](Self::try_lock_shared_for): no guard exists until the future resolves.
     pub async fn try_lock_shared_guard_for(
         &mut self,
         timeout: Duration,

@@ -3,18 +3,21 @@
 //! PostgreSQL identifies an advisory lock either by one `bigint` or by a pair of
 //! `integer`s. The two spaces never overlap: `pg_advisory_lock(1)` and
 //! `pg_advisory_lock(0, 1)` are different locks. [`LockKey`] names one key in
-//! one of those spaces; [`hash`] turns a name into a `bigint` key exactly as the Go
-//! library go.rtnl.ai/pglock does, so Rust and Go processes meet on the same lock.
+//! one of those spaces. A name's key is [`LockKey::from_name`]: a `bigint` key made exactly
+//! as the Go library go.rtnl.ai/pglock makes it (its `Hash`), so Rust and Go processes
+//! meet on the same lock.
 
 use std::fmt;
 use std::hash::Hasher;
 use std::str::FromStr;
 
-/// FNV-1a 64 of `name`'s UTF-8 bytes, read as a signed 64-bit key.
+/// The number of a name's key: FNV-1a 64 of `name`'s UTF-8 bytes, read as a signed
+/// 64-bit integer.
 ///
-/// Identical to Go pglock's `Hash`: a Go service locking `pglock.Hash("jobs")` and a
-/// Rust service locking `pglock::hash("jobs")` contend for the same lock. The input is
-/// not normalised: `"café"` written with a precomposed `é` and with `e` + combining
+/// To lock by name, use [`LockKey::from_name`], which is `LockKey::BigInt(hash(name))`;
+/// this is the bare `i64`, for code that stores or prints it. Identical to Go pglock's
+/// `Hash`: a Go service locking `pglock.Hash("jobs")` and a Rust service locking
+/// `LockKey::from_name("jobs")` contend for the same lock. The input is not normalised: `"café"` written with a precomposed `é` and with `e` + combining
 /// accent are different names.
 ///
 /// ```
@@ -51,7 +54,8 @@ pub enum LockKey {
 }
 
 impl LockKey {
-    /// The `bigint` key for a name: `LockKey::BigInt(hash(name))`, as Go's `Hash`.
+    /// A name's key: `LockKey::BigInt(hash(name))`, the key Go pglock's `Hash(name)`
+    /// makes. The one way to lock by name; see [`hash`] for the hash itself.
     pub fn from_name(name: &str) -> Self {
         LockKey::BigInt(hash(name))
     }

@@ -3,8 +3,9 @@
 //! pglock is a Rust port of the Go library go.rtnl.ai/pglock (itself a port of
 //! github.com/allisson/go-pglock). An [`AdvisoryLock`] holds one PostgreSQL session and
 //! takes session-level advisory locks on one [`LockKey`] through it: exclusive or shared,
-//! blocking or not, stacking like PostgreSQL's own. Keys made with [`hash`] are the ones Go
-//! pglock makes, so Rust and Go services can share locks.
+//! blocking or not, stacking like PostgreSQL's own. A name's key,
+//! [`LockKey::from_name`], is the one Go pglock's `Hash` makes, so Rust and Go services
+//! can share locks.
 //!
 //! What it adds over the Go library and over sqlx's `PgAdvisoryLock`:
 //!
@@ -19,6 +20,10 @@
 //! - **Many locks over a few sessions.** A [`LockClient`] holds thousands of locks over a
 //!   handful of sessions, batches the operations of many tasks per round trip, and takes
 //!   several keys all-or-nothing in one statement.
+//!
+//! Every method that acquires or releases says which [`Error`]s it returns (`# Errors`) and
+//! what dropping its future mid-way does (`# Cancel safety`); what all locks share is
+//! stated once, on [`DistributedLock`].
 //!
 //! ```no_run
 //! use pglock::{AdvisoryLock, LockKey};
@@ -51,6 +56,7 @@
 //! | `tls-native-tls`, `tls-rustls`, `tls-rustls-ring-webpki`, `tls-rustls-ring-native-roots`, `tls-rustls-aws-lc-rs` | the sqlx feature of the same name |
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod advisory;
@@ -64,6 +70,7 @@ mod levels;
 mod lock;
 pub mod memory;
 #[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod migrate;
 mod options;
 mod scoped;
@@ -75,11 +82,12 @@ pub mod xact;
 
 pub use advisory::AdvisoryLock;
 pub use client::{ClientLock, ClientOptions, LockClient, LockSet};
-pub use error::{Error, LockMode, Result};
+pub use error::{Error, Result};
 pub use guard::AdvisoryLockGuard;
 pub use key::{LockKey, ParseLockKeyError, hash};
-pub use lock::{DistributedLock, LockProvider};
+pub use lock::{DistributedLock, LockMode, LockProvider};
 #[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub use migrate::migrate;
 pub use options::LockOptions;
 pub use scoped::{try_with_lock, with_lock, with_lock_for, with_lock_shared};

@@ -65,6 +65,8 @@
 //! time with a std thread.
 
 use std::collections::{HashMap, VecDeque};
+
+use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,8 +110,8 @@ impl MemoryLocks {
         Self::default()
     }
 
-    /// A new session with a lock on `key`. A `&str` is a name, hashed as
-    /// [`LockKey::from_name`] does, so tests can use the names production code uses.
+    /// A new session with a lock on `key`. A `&str` is a name, whose key is
+    /// [`LockKey::from_name`]'s, so tests can use the names production code uses.
     ///
     /// ```
     /// use pglock::{LockKey, memory::MemoryLocks};
@@ -219,7 +221,7 @@ impl std::fmt::Debug for MemoryLocks {
 }
 
 /// What [`MemoryLocks`] accepts as a key: a [`LockKey`], an `i64`, an `(i32, i32)`, or a
-/// name (`&str`, hashed like [`LockKey::from_name`]).
+/// name (`&str`, whose key is [`LockKey::from_name`]'s).
 ///
 /// ```
 /// use pglock::{LockKey, memory::IntoMemoryKey};
@@ -275,6 +277,18 @@ impl LockProvider for MemoryLocks {
 /// # Ok::<(), pglock::Error>(())
 /// # }).unwrap();
 /// ```
+///
+/// # Errors
+///
+/// Only those every [`DistributedLock`] returns ([Errors](DistributedLock#errors)):
+/// [`Error::Closed`], [`Error::NotHeld`], [`Error::LockLost`] (after
+/// [`MemoryLocks::lose`]) and [`Error::Deadlock`]. There is no session to fail.
+///
+/// # Cancel safety
+///
+/// A dropped wait leaves the queue (which may grant those behind it) and gives back a
+/// grant that raced the drop; the levels held before stay held. [`lost`](Self::lost)
+/// only watches; every other method completes at its first poll.
 pub struct MemoryLock {
     space: Arc<Mutex<Space>>,
     key: LockKey,
@@ -290,17 +304,29 @@ impl MemoryLock {
 
     /// Waits until the exclusive level is granted, then holds one more level.
     ///
-    /// Fails at once with [`Error::Deadlock`] if the wait could never end (see the module
-    /// docs), and with [`Error::LockLost`] if [`MemoryLocks::lose`] takes this session's
-    /// levels meanwhile. Dropping the future leaves the queue, giving back a grant that
-    /// raced the drop.
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] at once if the wait could never end (see the module docs);
+    /// [`Error::LockLost`] if [`MemoryLocks::lose`] takes this session's levels
+    /// meanwhile; [`Error::Closed`] after [`close`](Self::close).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the queue, giving back a grant that raced the drop.
     pub async fn lock(&mut self) -> Result<()> {
         self.open()?;
         Wait::new(self, LockMode::Exclusive).await
     }
 
-    /// Waits until the shared level is granted, then holds one more level; otherwise as
-    /// [`lock`](Self::lock).
+    /// Waits until the shared level is granted, then holds one more level.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn lock_shared(&mut self) -> Result<()> {
         self.open()?;
         Wait::new(self, LockMode::Shared).await
@@ -309,6 +335,14 @@ impl MemoryLock {
     /// Takes one exclusive level if that is possible at once: `Ok(false)` if another
     /// session holds the key, or a conflicting request waits (unless this session holds
     /// the exclusive level already).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Self::close).
+    ///
+    /// # Cancel safety
+    ///
+    /// It completes at its first poll: nothing to cancel.
     pub async fn try_lock(&mut self) -> Result<bool> {
         self.try_now(LockMode::Exclusive)
     }
@@ -316,38 +350,85 @@ impl MemoryLock {
     /// Takes one shared level if that is possible at once: `Ok(false)` if another session
     /// holds the key exclusively, or an exclusive request waits (unless this session
     /// holds a shared level already).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock`](Self::try_lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock`](Self::try_lock).
     pub async fn try_lock_shared(&mut self) -> Result<bool> {
         self.try_now(LockMode::Shared)
     }
 
     /// Waits at most `timeout` for one exclusive level: `Ok(true)` once granted (also when
-    /// the grant races the timeout), `Ok(false)` when the time is up. Errors as
-    /// [`lock`](Self::lock); a zero timeout is [`try_lock`](Self::try_lock). Dropping the
-    /// future leaves the queue, giving back a grant that raced the drop.
+    /// the grant races the timeout), `Ok(false)` when the time is up. A zero timeout is
+    /// [`try_lock`](Self::try_lock).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
         self.try_for(LockMode::Exclusive, timeout).await
     }
 
     /// Waits at most `timeout` for one shared level; otherwise as
     /// [`try_lock_for`](Self::try_lock_for).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
         self.try_for(LockMode::Shared, timeout).await
     }
 
-    /// Releases the newest exclusive level: [`Error::LockLost`] if that level was lost
-    /// (and it is accounted for), [`Error::NotHeld`] if there is none.
+    /// Releases the newest exclusive level.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if that level was lost (and it is accounted for),
+    /// [`Error::NotHeld`] if there is none, [`Error::Closed`] after
+    /// [`close`](Self::close).
+    ///
+    /// # Cancel safety
+    ///
+    /// It completes at its first poll: nothing to cancel.
     pub async fn unlock(&mut self) -> Result<()> {
         self.release(LockMode::Exclusive)
     }
 
     /// Releases the newest shared level; otherwise as [`unlock`](Self::unlock).
+    ///
+    /// # Errors
+    ///
+    /// As [`unlock`](Self::unlock).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`unlock`](Self::unlock).
     pub async fn unlock_shared(&mut self) -> Result<()> {
         self.release(LockMode::Shared)
     }
 
-    /// Releases every level; afterwards operations return [`Error::Closed`]. Returns
+    /// Releases every level; afterwards operations return [`Error::Closed`].
+    ///
+    /// # Errors
+    ///
     /// [`Error::LockLost`] if lost levels were still unaccounted for (it closes all the
     /// same).
+    ///
+    /// # Cancel safety
+    ///
+    /// It completes at its first poll: nothing to cancel.
     pub async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());
@@ -364,6 +445,8 @@ impl MemoryLock {
     /// unaccounted for); until then, with levels held, it waits (race it against the
     /// work, as with PostgreSQL). With none held it resolves at once with
     /// [`Error::NotHeld`], on a closed lock with [`Error::Closed`].
+    ///
+    /// Dropping the future is safe at any point: it only watches.
     ///
     /// ```
     /// use pglock::{Error, memory::MemoryLocks};
@@ -392,8 +475,16 @@ impl MemoryLock {
         }
     }
 
-    /// Whether this session holds the key in any mode; [`Error::LockLost`] while lost
-    /// levels are unaccounted for.
+    /// Whether this session holds the key in any mode.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] while lost levels are unaccounted for; [`Error::Closed`] after
+    /// [`close`](Self::close).
+    ///
+    /// # Cancel safety
+    ///
+    /// It completes at its first poll: nothing to cancel.
     pub async fn is_held(&mut self) -> Result<bool> {
         self.open()?;
         let (held, lost) =
@@ -574,19 +665,19 @@ impl Space {
 }
 
 /// One key, as PostgreSQL's shared lock table sees it, plus what lost sessions still
-/// have to hear.
+/// have to hear. Maps by session or request id use FNV: ids are the crate's own counter.
 #[derive(Default)]
 struct KeyQueue {
     /// The levels each session holds (only sessions holding some).
-    held: HashMap<u64, Levels>,
+    held: FnvHashMap<u64, Levels>,
     /// Levels each session lost and has not accounted for yet.
-    lost: HashMap<u64, Levels>,
+    lost: FnvHashMap<u64, Levels>,
     /// The waker of each session's pending `lost()`.
-    loss_watchers: HashMap<u64, Waker>,
+    loss_watchers: FnvHashMap<u64, Waker>,
     /// Requests waiting, in PostgreSQL's wait-queue order.
     waiting: VecDeque<Waiter>,
     /// Requests that left the queue granted or failed, until their `Wait` collects them.
-    finished: HashMap<u64, Outcome>,
+    finished: FnvHashMap<u64, Outcome>,
 }
 
 /// Levels per mode; also used as a set of modes (a mode is in it if its count is not 0).

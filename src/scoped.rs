@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool) -> pglock::Result<()> {
-//! let report = pglock::with_lock(&pool, pglock::hash("monthly-report"), || async {
+//! let report = pglock::with_lock(&pool, pglock::LockKey::from_name("monthly-report"), || async {
 //!     // ... only one process at a time runs this ...
 //!     42
 //! })
@@ -28,6 +28,26 @@ use std::time::Duration;
 use crate::{DistributedLock, LockKey, LockMode, LockProvider, Result};
 
 /// Runs `f()` while holding the exclusive lock on `key`, waiting for it as long as it takes.
+///
+/// The lock is closed after `f`'s future completes, which releases the level, also when
+/// that future panics (the panic is resumed once the lock is closed).
+///
+/// # Errors
+///
+/// The errors of [`LockProvider::new_lock`], of the acquisition
+/// ([`DistributedLock::lock`]) and of [`close`](DistributedLock::close): then `f` was
+/// not run, or its output is dropped. An error from closing after `f` ran is most likely
+/// [`Error::LockLost`](crate::Error::LockLost): the lock was lost while `f` ran, and
+/// another process may have held the key meanwhile.
+///
+/// # Cancel safety
+///
+/// Dropping the future drops `f`'s future and the lock, which gives up its levels: an
+/// [`AdvisoryLock`](crate::AdvisoryLock) holding one closes its owned connection rather
+/// than return it to the pool (the server frees the key), a
+/// [`ClientLock`](crate::ClientLock) or [`MemoryLock`](crate::memory::MemoryLock)
+/// releases it. A dropped acquisition costs what [`DistributedLock`]'s
+/// [Cancel safety](DistributedLock#cancel-safety) says.
 pub async fn with_lock<P, F, Fut, T>(provider: &P, key: impl Into<LockKey>, f: F) -> Result<T>
 where
     P: LockProvider + ?Sized,
@@ -40,6 +60,14 @@ where
 }
 
 /// Runs `f()` while holding the shared lock on `key`, waiting for it as long as it takes.
+///
+/// # Errors
+///
+/// As [`with_lock`], with [`DistributedLock::lock_shared`].
+///
+/// # Cancel safety
+///
+/// As [`with_lock`].
 pub async fn with_lock_shared<P, F, Fut, T>(
     provider: &P,
     key: impl Into<LockKey>,
@@ -57,6 +85,14 @@ where
 
 /// Runs `f()` if the exclusive lock on `key` is free now: `Ok(None)` if another session
 /// holds it (and `f` is not run).
+///
+/// # Errors
+///
+/// As [`with_lock`], with [`DistributedLock::try_lock`].
+///
+/// # Cancel safety
+///
+/// As [`with_lock`].
 pub async fn try_with_lock<P, F, Fut, T>(
     provider: &P,
     key: impl Into<LockKey>,
@@ -72,6 +108,15 @@ where
 
 /// Runs `f()` once the exclusive lock on `key` is granted within `timeout`: `Ok(None)`
 /// if the time runs out first (and `f` is not run).
+///
+/// # Errors
+///
+/// As [`with_lock`], with [`DistributedLock::try_lock_for`]; running out of time is
+/// `Ok(None)`.
+///
+/// # Cancel safety
+///
+/// As [`with_lock`].
 pub async fn with_lock_for<P, F, Fut, T>(
     provider: &P,
     key: impl Into<LockKey>,

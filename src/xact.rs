@@ -32,9 +32,27 @@
 //! the standby and exclude no session on the primary. The check is part of the
 //! acquisition's own statement, and the transaction stays usable.
 //!
+//! # Errors
+//!
+//! Every acquisition returns, and leaves the caller's transaction usable (its savepoint is
+//! rolled back):
+//!
+//! - [`Error::StandbyServer`]: the server is a hot standby; nothing was taken.
+//! - [`Error::Deadlock`]: PostgreSQL broke a deadlock by failing this wait (not for the
+//!   `try_` functions, which never wait).
+//! - [`Error::TooManyLocks`]: the server's lock table is full.
+//!
+//! and [`Error::Database`] for any other failure: the transaction was already aborted,
+//! the connection is gone, a savepoint statement failed. A timed wait that runs out is
+//! `Ok(false)`, not an error.
+//!
+//! # Cancel safety
+//!
 //! Cancelling one of these futures mid-wait leaves the statement running on the
-//! transaction's session (sqlx cannot cancel it); rolling back or dropping the transaction
-//! then waits for it. Give up on waits with [`try_lock_for`] instead.
+//! transaction's session (sqlx cannot cancel it): the wait may still be granted, and the
+//! level is then the transaction's until it ends; the savepoint may be left open. Rolling
+//! back or dropping the transaction ends both (it first waits for the statement). Give up
+//! on waits with [`try_lock_for`] instead.
 
 use std::time::Duration;
 
@@ -46,11 +64,33 @@ use crate::sql::{self, KeyedSql, add, key_args};
 use crate::{Error, LockKey, LockMode, Result};
 
 /// Waits until the exclusive level on `key` is granted to `tx`; held until it ends.
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::Deadlock`],
+/// [`Error::TooManyLocks`], [`Error::Database`]; after all but the last the transaction
+/// stays usable.
+///
+/// # Cancel safety
+///
+/// The wait runs on if the future is dropped, and may still be granted to the
+/// transaction: see [Cancel safety](self#cancel-safety).
 pub async fn lock(tx: &mut Transaction<'_, Postgres>, key: impl Into<LockKey>) -> Result<()> {
     blocking(tx.as_mut(), key.into(), sql::XACT_LOCK).await
 }
 
 /// Waits until the shared level on `key` is granted to `tx`; held until it ends.
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::Deadlock`],
+/// [`Error::TooManyLocks`], [`Error::Database`]; after all but the last the transaction
+/// stays usable.
+///
+/// # Cancel safety
+///
+/// The wait runs on if the future is dropped, and may still be granted to the
+/// transaction: see [Cancel safety](self#cancel-safety).
 pub async fn lock_shared(
     tx: &mut Transaction<'_, Postgres>,
     key: impl Into<LockKey>,
@@ -59,11 +99,33 @@ pub async fn lock_shared(
 }
 
 /// Takes the exclusive level on `key` for `tx` if it is free now.
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::TooManyLocks`],
+/// [`Error::Database`]; after all but the last the transaction stays usable.
+/// `Ok(false)` if the key is taken.
+///
+/// # Cancel safety
+///
+/// As [`lock`], but the try does not wait: a grant the dropped future did not see
+/// belongs to the transaction until it ends ([Cancel safety](self#cancel-safety)).
 pub async fn try_lock(tx: &mut Transaction<'_, Postgres>, key: impl Into<LockKey>) -> Result<bool> {
     trying(tx.as_mut(), key.into(), sql::TRY_XACT_LOCK).await
 }
 
 /// Takes the shared level on `key` for `tx` if no one holds it exclusively now.
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::TooManyLocks`],
+/// [`Error::Database`]; after all but the last the transaction stays usable.
+/// `Ok(false)` if the key is taken.
+///
+/// # Cancel safety
+///
+/// As [`lock`], but the try does not wait: a grant the dropped future did not see
+/// belongs to the transaction until it ends ([Cancel safety](self#cancel-safety)).
 pub async fn try_lock_shared(
     tx: &mut Transaction<'_, Postgres>,
     key: impl Into<LockKey>,
@@ -73,6 +135,17 @@ pub async fn try_lock_shared(
 
 /// Waits at most `timeout` for the exclusive level on `key`: `Ok(false)` when the time
 /// runs out, and the transaction goes on as before. A zero timeout is [`try_lock`].
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::Deadlock`],
+/// [`Error::TooManyLocks`], [`Error::Database`]; after all but the last the transaction
+/// stays usable. Running out of time is `Ok(false)`.
+///
+/// # Cancel safety
+///
+/// As [`lock`]: the wait runs on (up to `timeout`, kept by the server) if the future is
+/// dropped; see [Cancel safety](self#cancel-safety).
 pub async fn try_lock_for(
     tx: &mut Transaction<'_, Postgres>,
     key: impl Into<LockKey>,
@@ -83,6 +156,17 @@ pub async fn try_lock_for(
 
 /// Waits at most `timeout` for the shared level on `key`: `Ok(false)` when the time runs
 /// out. A zero timeout is [`try_lock_shared`].
+///
+/// # Errors
+///
+/// See [Errors](self#errors): [`Error::StandbyServer`], [`Error::Deadlock`],
+/// [`Error::TooManyLocks`], [`Error::Database`]; after all but the last the transaction
+/// stays usable. Running out of time is `Ok(false)`.
+///
+/// # Cancel safety
+///
+/// As [`lock`]: the wait runs on (up to `timeout`, kept by the server) if the future is
+/// dropped; see [Cancel safety](self#cancel-safety).
 pub async fn try_lock_shared_for(
     tx: &mut Transaction<'_, Postgres>,
     key: impl Into<LockKey>,

@@ -33,6 +33,37 @@ use crate::{AdvisoryLock, DistributedLock, Error, LockKey, LockMode, Result, tim
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Errors
+///
+/// Besides the errors every [`DistributedLock`] returns ([`Error::Closed`],
+/// [`Error::NotHeld`], [`Error::LockLost`], [`Error::Deadlock`]: see
+/// [Errors](DistributedLock#errors); a deadlock is found among the client's own locks
+/// as [`MemoryLocks`](crate::memory::MemoryLocks) finds one, or by the server), the
+/// sessions it runs on can fail it. A lane that fails takes its levels with it: every
+/// lock that held one reports [`Error::LockLost`]; other operations on it get:
+///
+/// - [`Error::Database`]: a statement's error (its message, where the statement carried
+///   several locks' operations), or a pool that gives no connection.
+/// - [`Error::Disconnected`]: the lane's session was found gone (a try runs once more on
+///   a new session first).
+/// - [`Error::Unresponsive`]: a statement went unanswered for
+///   [`operation_timeout`](crate::LockOptions::operation_timeout) (a timed wait: its
+///   timeout plus that), or a loss check for
+///   [`check_timeout`](crate::LockOptions::check_timeout); the session was ended.
+/// - [`Error::SessionNotPinned`], [`Error::StandbyServer`], [`Error::TooManyLocks`]: as
+///   for an [`AdvisoryLock`'s](crate::AdvisoryLock#errors) session; nothing was taken.
+///
+/// Lanes are owned pool connections: [`Error::Interrupted`] never occurs.
+///
+/// # Cancel safety
+///
+/// Any method's future may be dropped at any point, and only that call is given up:
+/// levels the lock held stay held. A lane's statement belongs to the lane, not to the
+/// call, so it runs on and its answer is applied: a grant nobody wants any more is
+/// released in the lane's next statement, and a release (an [`unlock`](Self::unlock) or
+/// [`close`](Self::close) polled once) goes out all the same. A local wait leaves its
+/// queue; a wait on a session of its own ends that session, and no other lock's.
 pub struct ClientLock {
     inner: Arc<Inner>,
     local: MemoryLock,
@@ -76,61 +107,129 @@ impl ClientLock {
 
     /// Waits until the exclusive level is granted, then holds one more level.
     ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::lock`], and the [sessions' errors](Self#errors).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future gives up the wait: a local wait leaves its queue, a wait on
     /// the server ends its own session (no other lock's), and a grant that raced the drop
-    /// is released.
+    /// is released. Levels held before stay held ([Cancel safety](Self#cancel-safety)).
     pub async fn lock(&mut self) -> Result<()> {
         self.acquire(LockMode::Exclusive, Wait::Forever)
             .await
             .map(drop)
     }
 
-    /// Waits until the shared level is granted. Cancel safety: as [`lock`](Self::lock).
+    /// Waits until the shared level is granted, then holds one more level.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::lock_shared`], and the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn lock_shared(&mut self) -> Result<()> {
         self.acquire(LockMode::Shared, Wait::Forever)
             .await
             .map(drop)
     }
 
-    /// Takes one exclusive level if that is possible at once. Cancel safety: as
-    /// [`lock`](Self::lock).
+    /// Takes one exclusive level if that is possible at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::try_lock`], and the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock(&mut self) -> Result<bool> {
         self.acquire(LockMode::Exclusive, Wait::No).await
     }
 
-    /// Takes one shared level if that is possible at once. Cancel safety: as
-    /// [`lock`](Self::lock).
+    /// Takes one shared level if that is possible at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::try_lock_shared`], and the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_shared(&mut self) -> Result<bool> {
         self.acquire(LockMode::Shared, Wait::No).await
     }
 
-    /// Waits at most `timeout` for one exclusive level. Cancel safety: as
-    /// [`lock`](Self::lock).
+    /// Waits at most `timeout` for one exclusive level: `Ok(false)` when the time is up.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::try_lock_for`], and the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_for(&mut self, timeout: Duration) -> Result<bool> {
         self.acquire(LockMode::Exclusive, deadline(timeout)).await
     }
 
-    /// Waits at most `timeout` for one shared level. Cancel safety: as
-    /// [`lock`](Self::lock).
+    /// Waits at most `timeout` for one shared level: `Ok(false)` when the time is up.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::try_lock_shared_for`], and the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Self::lock).
     pub async fn try_lock_shared_for(&mut self, timeout: Duration) -> Result<bool> {
         self.acquire(LockMode::Shared, deadline(timeout)).await
     }
 
-    /// Releases one exclusive level: [`Error::NotHeld`] with none,
-    /// [`Error::LockLost`] if the level it pairs with was lost.
+    /// Releases one exclusive level.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedLock::unlock`]: [`Error::NotHeld`] with none,
+    /// [`Error::LockLost`] if the level it pairs with was lost (also when its lane is
+    /// found gone as it releases); otherwise the [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the level is released locally and the lane sends the server's release
+    /// whether or not the future is kept.
     pub async fn unlock(&mut self) -> Result<()> {
         self.release(LockMode::Exclusive).await
     }
 
-    /// Releases one shared level; as [`unlock`](Self::unlock).
+    /// Releases one shared level.
+    ///
+    /// # Errors
+    ///
+    /// As [`unlock`](Self::unlock), for the shared mode.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`unlock`](Self::unlock).
     pub async fn unlock_shared(&mut self) -> Result<()> {
         self.release(LockMode::Shared).await
     }
 
     /// Releases every level; afterwards every operation is [`Error::Closed`].
-    /// [`Error::LockLost`] if lost levels were unaccounted for (it closes all the same).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if lost levels were unaccounted for, or a release found its
+    /// lane gone (it closes all the same); a release that fails otherwise returns the
+    /// [sessions' errors](Self#errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the lock is closed and the lanes send its releases whether or not the
+    /// future is kept.
     pub async fn close(&mut self) -> Result<()> {
         let held = self.held_modes();
         let closed = self.local.close().await;
@@ -151,7 +250,18 @@ impl ClientLock {
 
     /// Whether this lock holds the key in any mode: its own record, confirmed by its
     /// lane's session being alive and the same (only the client changes its levels
-    /// there). [`Error::LockLost`] while lost levels are unaccounted for.
+    /// there).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] while lost levels are unaccounted for (also those the check
+    /// finds lost); [`Error::Closed`] after [`close`](Self::close). A check that fails
+    /// otherwise is not this call's error: its lane reports it to the operations that
+    /// need the lane.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it is safe: the check belongs to the lane.
     pub async fn is_held(&mut self) -> Result<bool> {
         if !self.local.is_held().await? {
             return Ok(false);
@@ -169,7 +279,16 @@ impl ClientLock {
     /// [`lost_check_interval`](crate::LockOptions::lost_check_interval), shared by every
     /// `lost()` on that lane (any statement the lane answers counts). A check unanswered
     /// for [`check_timeout`](crate::LockOptions::check_timeout) ends the lane: its levels
-    /// are lost. Dropping the future is safe at any point.
+    /// are lost.
+    ///
+    /// # Errors
+    ///
+    /// The output is the error, as [`DistributedLock::lost`] says: [`Error::LockLost`],
+    /// or at once [`Error::NotHeld`] (nothing held) or [`Error::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe at any point: the checks belong to the lane.
     pub async fn lost(&mut self) -> Error {
         let interval = self.inner.shared.options.get_lost_check_interval();
         let check_timeout = self.inner.shared.options.get_check_timeout();
@@ -349,7 +468,7 @@ impl Drop for Reservation<'_> {
                 table.abandon(op);
             }
         }
-        self.lock.inner.wakers.wake_all();
+        self.lock.inner.wakers.nudge();
     }
 }
 
@@ -393,7 +512,7 @@ async fn wait_alone(
     let held = session.is_some();
     lock(&inner.table).wait_end(key, mode, op, session);
     guard.ended = true;
-    inner.wakers.wake_all();
+    inner.wakers.nudge();
     granted.map(|_| held)
 }
 
@@ -417,7 +536,7 @@ impl Drop for Alone<'_> {
             table.wait_end(self.key, self.mode, self.op, None);
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
@@ -432,7 +551,7 @@ impl Drop for ClientLock {
             }
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 

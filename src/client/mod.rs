@@ -147,7 +147,7 @@ impl ClientOptions {
 /// let client = pglock::LockClient::new(&pool);
 /// tokio::spawn(client.driver()); // releases dropped locks, gives idle sessions back
 ///
-/// let mut invoice = client.lock(pglock::hash("invoice-42"));
+/// let mut invoice = client.lock(pglock::LockKey::from_name("invoice-42"));
 /// if invoice.try_lock().await? {
 ///     // ... the work ...
 ///     invoice.unlock().await?;
@@ -175,7 +175,7 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The driver holds only a weak reference: let it see that the client is gone.
-        self.wakers.wake_all();
+        self.wakers.wake_listeners();
     }
 }
 
@@ -210,6 +210,18 @@ impl LockClient {
 
     /// Every key exclusively, or none, in one round trip: `None` (and nothing held
     /// anywhere) if any key is taken, by another session or another lock of this client.
+    /// Duplicate keys count once; no keys give an empty set.
+    ///
+    /// # Errors
+    ///
+    /// The errors of the lane's session, as a [`ClientLock`]'s
+    /// ([Errors](ClientLock#errors)): [`Error::Database`](crate::Error::Database),
+    /// [`Error::Disconnected`](crate::Error::Disconnected),
+    /// [`Error::Unresponsive`](crate::Error::Unresponsive),
+    /// [`Error::SessionNotPinned`](crate::Error::SessionNotPinned),
+    /// [`Error::StandbyServer`](crate::Error::StandbyServer),
+    /// [`Error::TooManyLocks`](crate::Error::TooManyLocks). Nothing is held anywhere
+    /// after an error.
     ///
     /// # Cancel safety
     ///
@@ -224,6 +236,14 @@ impl LockClient {
     }
 
     /// [`try_lock_all`](Self::try_lock_all), shared.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all).
     pub async fn try_lock_all_shared<I, K>(&self, keys: I) -> Result<Option<LockSet>>
     where
         I: IntoIterator<Item = K>,
@@ -236,6 +256,14 @@ impl LockClient {
     /// all-or-nothing try; then the keys are waited for in sorted order on a session that
     /// holds nothing else, so that callers doing the same never deadlock. `None` when the
     /// time runs out, and nothing is held anywhere.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all`](Self::try_lock_all), for the try and for the waiting session
+    /// (taken from the pool: [`Error::Database`](crate::Error::Database) if it gives
+    /// none), and [`Error::Deadlock`](crate::Error::Deadlock) if the server breaks a
+    /// deadlock with sessions that take the keys in another order. Running out of time is
+    /// `Ok(None)`. Nothing is held anywhere after an error.
     ///
     /// # Cancel safety
     ///
@@ -253,6 +281,14 @@ impl LockClient {
     }
 
     /// [`try_lock_all_for`](Self::try_lock_all_for), shared.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock_all_for`](Self::try_lock_all_for).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_lock_all_for`](Self::try_lock_all_for).
     pub async fn try_lock_all_shared_for<I, K>(
         &self,
         keys: I,
@@ -280,6 +316,16 @@ impl LockClient {
     /// a lane found gone reports its levels lost to every lock that held one, as their
     /// next operation or `lost()` would find it. `Ok` once every lane has answered or
     /// been found gone.
+    ///
+    /// # Errors
+    ///
+    /// None: a lane found gone is the answer, reported to its locks, not an error of the
+    /// check.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe: the checks belong to the lanes, which apply their
+    /// answers anyway.
     pub async fn check_sessions(&self) -> Result<()> {
         let ops = lock(&self.inner.table).check_lanes();
         for op in ops {
@@ -316,12 +362,12 @@ impl LockClient {
             let Some(inner) = weak.upgrade() else {
                 return Poll::Ready(());
             };
-            inner.wakers.register(cx.waker());
+            inner.wakers.listen(cx.waker());
             let (landed, next) = {
                 let mut table = lock(&inner.table);
-                let landed = inner.drive(&mut table);
+                let landed = inner.drive(&mut table, cx.waker());
                 table.retire_idle(inner.idle_timeout);
-                let retired = inner.drive(&mut table);
+                let retired = inner.drive(&mut table, cx.waker());
                 (landed || retired, table.next_retirement(inner.idle_timeout))
             };
             inner.landed(landed);
@@ -341,22 +387,18 @@ impl LockClient {
 }
 
 impl Inner {
-    fn waker(&self) -> Waker {
-        Waker::from(Arc::clone(&self.wakers))
+    /// Moves the lanes on, polling them for the task of `waker`; whether anything
+    /// landed (then call [`landed`](Self::landed) once the table is unlocked).
+    fn drive(&self, table: &mut Table, waker: &Waker) -> bool {
+        table.drive(&self.shared, waker)
     }
 
-    /// Moves the lanes on; whether anything landed (then call [`landed`](Self::landed)
-    /// once the table is unlocked).
-    fn drive(&self, table: &mut Table) -> bool {
-        table.drive(&self.shared, &self.waker())
-    }
-
-    /// After a drive that landed answers: they may be other tasks' (and a lane may have
-    /// gone idle, for the driver to give back), and no waker need have fired for them,
-    /// so every waiting task looks again.
+    /// After a drive that landed answers: a lane may have gone idle (for the driver to
+    /// give back) or a key settled (for a set waiting for it): the listeners look again.
+    /// The answers themselves woke the tasks that wait for them.
     fn landed(&self, landed: bool) {
         if landed {
-            self.wakers.wake_all();
+            self.wakers.wake_listeners();
         }
     }
 
@@ -367,17 +409,21 @@ impl Inner {
             inner: self,
             op,
             done: false,
+            ticket: None,
         };
         std::future::poll_fn(|cx| {
-            guard.inner.wakers.register(cx.waker());
+            guard.inner.wakers.wait(&mut guard.ticket, cx.waker());
             let mut table = lock(&guard.inner.table);
-            let landed = guard.inner.drive(&mut table);
+            table.watch(guard.op, cx.waker());
+            let landed = guard.inner.drive(&mut table, cx.waker());
             let outcome = table.take(guard.op);
+            let busy = table.busy();
             drop(table);
             guard.inner.landed(landed);
             match outcome {
                 Some(outcome) => {
                     guard.done = true;
+                    guard.inner.wakers.leave(guard.ticket.take(), busy);
                     Poll::Ready(outcome)
                 }
                 None => Poll::Pending,
@@ -393,12 +439,19 @@ struct Pending<'a> {
     inner: &'a Inner,
     op: OpId,
     done: bool,
+    /// Under which the task waits in [`Wakers`].
+    ticket: Option<u64>,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.inner.table).abandon(self.op);
+            let busy = {
+                let mut table = lock(&self.inner.table);
+                table.abandon(self.op);
+                table.busy()
+            };
+            self.inner.wakers.leave(self.ticket.take(), busy);
         }
     }
 }

@@ -45,8 +45,13 @@ impl LockSet {
     }
 
     /// Releases every key, in one round trip per lane (the lanes at once).
-    /// [`Error::LockLost`] if a key's level was lost meanwhile (the others are released
-    /// all the same).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if a key's level was lost meanwhile, or its lane was found gone
+    /// as it released (the others are released all the same); a release that fails
+    /// otherwise returns its lane's error, as a [`ClientLock`](super::ClientLock)'s
+    /// ([Errors](super::ClientLock#errors)).
     ///
     /// # Cancel safety
     ///
@@ -95,7 +100,7 @@ impl Drop for LockSet {
             member.end();
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
@@ -242,21 +247,25 @@ impl Drop for Taking {
         for (_, member) in &mut self.members {
             member.end();
         }
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }
 
-/// Lets the lanes move on once: polls them, then yields.
+/// Lets the lanes move on once: polls them, then yields until the next change.
 async fn drive_once(inner: &Inner) {
     let mut polled = false;
     std::future::poll_fn(|cx| {
         if polled {
+            // It may have been the one polling a lane that is still busy: hand over.
+            if lock(&inner.table).busy() {
+                inner.wakers.nudge();
+            }
             return std::task::Poll::Ready(());
         }
         polled = true;
-        inner.wakers.register(cx.waker());
+        inner.wakers.listen(cx.waker());
         let mut table = lock(&inner.table);
-        let landed = inner.drive(&mut table);
+        let landed = inner.drive(&mut table, cx.waker());
         drop(table);
         inner.landed(landed);
         std::task::Poll::Pending
@@ -347,6 +356,6 @@ impl Drop for AllAlone<'_> {
             table.wait_all_end(self.keys, self.mode, self.op, None);
         }
         drop(table);
-        self.inner.wakers.wake_all();
+        self.inner.wakers.nudge();
     }
 }

@@ -28,6 +28,7 @@ use pglock::{ClientLock, ClientOptions, Error, LockClient, LockKey, LockOptions}
 use sqlx::{Connection, PgConnection};
 use support::XorShift;
 use support::assert_lock_lost;
+use support::cluster::PrivateCluster;
 use support::lanes;
 use support::rt;
 
@@ -840,6 +841,161 @@ fn the_first_try_on_a_terminated_lane_runs_again_on_a_new_session_and_the_holder
         set.release().await.unwrap();
         assert_lock_lost(a.close().await, keys[2], "a.close");
         assert!(lanes::untouched(&keys).await);
+    });
+}
+
+#[test]
+fn tries_queued_behind_a_statement_on_a_terminated_lane_run_on_its_next_session() {
+    let _t = Timed::start("tries queued on a dead lane");
+    rt::run(async {
+        // Answers arrive 25 ms late: a try polled once stays in flight, and the tries
+        // polled after it queue behind it.
+        let pool = lanes::delayed_pool(4, Duration::from_millis(25)).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let keys = lanes::keys("client/tries-queued-on-a-dead-lane", 4);
+        let mut opener = client.lock(keys[3]);
+        assert!(opener.try_lock().await.unwrap());
+        let lane = the_holder(keys[3]).await;
+        opener.unlock().await.unwrap();
+        support::terminate(lane).await;
+
+        let mut locks: Vec<ClientLock> = keys[..3].iter().map(|k| client.lock(*k)).collect();
+        let mut tries: Vec<_> = locks.iter_mut().map(|l| Box::pin(l.try_lock())).collect();
+        for attempt in &mut tries {
+            assert!(
+                future::poll_once(attempt.as_mut()).await.is_none(),
+                "the first try is in flight on the dead lane, the others queue behind it"
+            );
+        }
+        for (i, attempt) in tries.into_iter().enumerate() {
+            let tried = within(LIMIT, "try_lock", attempt).await;
+            assert!(
+                matches!(tried, Ok(true)),
+                "try {i} runs again on the lane's next session instead of failing: {tried:?}"
+            );
+        }
+        let holders = lanes::holder_pids(&keys[..3]).await;
+        assert_eq!(holders.len(), 1, "all on the one lane: {holders:?}");
+        assert!(!holders.contains(&lane), "on a new session");
+        for lock in &mut locks {
+            lock.close().await.unwrap();
+        }
+        opener.close().await.unwrap();
+        assert!(lanes::untouched(&keys).await);
+    });
+}
+
+/// With a tiny lock table filled up but for a few entries, five tries that share one
+/// statement take what fits and fail with `TooManyLocks` for the rest. The statement fails
+/// part-way and the locks it took stay taken: the client mends its record from what the
+/// lane's session holds (`LANE_HOLDINGS`), so exactly the locks told `Ok(true)` hold
+/// their keys on the server, and the others hold nothing and work once there is room.
+#[test]
+fn a_batch_that_fills_the_lock_table_part_way_grants_exactly_what_the_server_took() {
+    let _t = Timed::start("batch on a full lock table");
+    rt::run(async {
+        let cluster =
+            PrivateCluster::start(&["max_locks_per_transaction = 10", "max_connections = 10"]);
+        let url = cluster.url();
+        // Answers arrive 25 ms late, so that tries polled behind a statement in flight
+        // queue up and go out together.
+        let pool = lanes::delayed_pool_at(&url, 3, Duration::from_millis(25)).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let keys = lanes::keys("client/batch-on-a-full-lock-table", 6);
+        let mut opener = client.lock(keys[5]);
+        assert!(opener.try_lock().await.unwrap());
+
+        // Fill the table, then free two entries.
+        let mut observer = support::connect_at(&url).await;
+        let mut filler = support::connect_at(&url).await;
+        let filled = sqlx::query(
+            "SELECT pg_advisory_lock(-k) FROM generate_series(1::int8, 1000000::int8) AS k",
+        )
+        .execute(&mut filler)
+        .await;
+        assert!(
+            matches!(&filled, Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("53200")),
+            "the filler fills the table: {filled:?}"
+        );
+        let freed: (bool, bool) =
+            sqlx::query_as("SELECT pg_advisory_unlock(-1::int8), pg_advisory_unlock(-2::int8)")
+                .fetch_one(&mut filler)
+                .await
+                .unwrap();
+        assert_eq!(freed, (true, true));
+
+        let mut locks: Vec<ClientLock> = keys[..5].iter().map(|k| client.lock(*k)).collect();
+        let mut check = Box::pin(client.check_sessions());
+        assert!(
+            future::poll_once(check.as_mut()).await.is_none(),
+            "in flight"
+        );
+        let mut tries: Vec<_> = locks.iter_mut().map(|l| Box::pin(l.try_lock())).collect();
+        for attempt in &mut tries {
+            assert!(
+                future::poll_once(attempt.as_mut()).await.is_none(),
+                "queued"
+            );
+        }
+        within(LIMIT, "check_sessions", check).await.unwrap();
+        let mut granted = BTreeSet::new();
+        let mut refused = 0;
+        for (i, attempt) in tries.into_iter().enumerate() {
+            match within(LIMIT, "try_lock", attempt).await {
+                Ok(true) => {
+                    granted.insert(keys[i]);
+                }
+                Err(Error::TooManyLocks { key }) => {
+                    assert_eq!(key, keys[i], "the error names the lock's own key");
+                    refused += 1;
+                }
+                other => panic!("try {i} with a nearly full lock table: {other:?}"),
+            }
+        }
+        eprintln!(
+            "[{}] {} of 5 tries fitted in the lock table",
+            rt::NAME,
+            granted.len()
+        );
+        assert!(refused > 0, "the table had no room for all five");
+        assert!(!granted.is_empty(), "two entries were free");
+        let on_server: BTreeSet<LockKey> = lanes::rows_on(&mut observer, &keys[..5])
+            .await
+            .into_iter()
+            .filter(|row| row.granted)
+            .map(|row| row.key)
+            .collect();
+        assert_eq!(
+            on_server, granted,
+            "the server holds exactly what was granted"
+        );
+        for (i, lock) in locks.iter_mut().enumerate() {
+            assert_eq!(lock.is_held().await.unwrap(), granted.contains(&keys[i]));
+        }
+
+        // Once there is room, the refused locks take their keys.
+        filler.close().await.unwrap();
+        let start = Instant::now();
+        while !lanes::rows_on(&mut observer, &[LockKey::BigInt(-3)])
+            .await
+            .is_empty()
+        {
+            assert!(start.elapsed() < LIMIT, "the filler's locks are not freed");
+            rt::sleep(Duration::from_millis(20)).await;
+        }
+        for lock in &mut locks {
+            if !lock.is_held().await.unwrap() {
+                assert!(within(LIMIT, "try_lock", lock.try_lock()).await.unwrap());
+            }
+        }
+        for lock in &mut locks {
+            lock.close().await.unwrap();
+        }
+        opener.close().await.unwrap();
+        assert!(lanes::rows_on(&mut observer, &keys).await.is_empty());
+        observer.close().await.unwrap();
+        drop((locks, opener, client));
+        within(LIMIT, "pool.close", pool.close()).await;
     });
 }
 

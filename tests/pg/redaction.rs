@@ -230,6 +230,21 @@ fn locks_options_pools_and_every_error_variant_never_show_the_password() {
         assert_hides_password("MemoryLocks (Debug)", &format!("{locks:?}"));
         memory.close().await.unwrap();
 
+        let client = pglock::LockClient::with_options(
+            &pool,
+            pglock::ClientOptions::new().lock_options(LockOptions::new()),
+        );
+        let mut shared_lock = client.lock(key);
+        assert!(shared_lock.try_lock().await.unwrap());
+        assert_hides_password("LockClient (Debug)", &format!("{client:#?}"));
+        assert_hides_password("ClientLock (Debug)", &format!("{shared_lock:#?}"));
+        shared_lock.unlock().await.unwrap();
+        let set = client.try_lock_all([key]).await.unwrap().expect("free");
+        assert_hides_password("LockSet (Debug)", &format!("{set:#?}"));
+        set.release().await.unwrap();
+        shared_lock.close().await.unwrap();
+        drop((shared_lock, client)); // gives its lane back to the pool
+
         // Every variant a caller can meet, built by hand, plus Database errors of every
         // kind sqlx returns for a connection attempt with this URL.
         let pair = LockKey::IntPair(1, 2);

@@ -368,14 +368,24 @@ fn a_blocking_lock_on_a_standby_is_refused_at_once_even_while_a_session_there_ho
         ] {
             let mut lock = AdvisoryLock::new(&pool, key).await.expect("new");
             let what = format!("{how:?} behind a holder");
+            let start = Instant::now();
             let result = bounded_by(AT_ONCE, &what, attempt(&mut lock, how)).await;
             assert_refused(&result, key, &what);
+            eprintln!(
+                "standby: AdvisoryLock {what} refused in {:?}",
+                start.elapsed()
+            );
             bounded("close", lock.close()).await.expect("close");
         }
         let mut lock = AdvisoryLock::new(&pool, key).await.expect("new");
         let what = "try_lock_for(10 s) behind a holder";
+        let start = Instant::now();
         let result = bounded_by(AT_ONCE, what, lock.try_lock_for(LONG_WAIT)).await;
         assert_refused(&result, key, what);
+        eprintln!(
+            "standby: AdvisoryLock {what} refused in {:?}",
+            start.elapsed()
+        );
         let what = "try_lock_shared_for(10 s) behind a holder";
         let result = bounded_by(AT_ONCE, what, lock.try_lock_shared_for(LONG_WAIT)).await;
         assert_refused(&result, key, what);

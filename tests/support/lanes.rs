@@ -54,16 +54,23 @@ pub async fn rows(keys: &[LockKey]) -> Vec<Row> {
 
 /// Every advisory row of `pg_locks` at `url` for one of `keys`.
 pub async fn rows_at(url: &str, keys: &[LockKey]) -> Vec<Row> {
-    let wanted: BTreeSet<LockKey> = keys.iter().copied().collect();
     let mut conn = connect_at(url).await;
+    let rows = rows_on(&mut conn, keys).await;
+    let _ = conn.close().await;
+    rows
+}
+
+/// Every advisory row of `pg_locks` for one of `keys`, read on `conn` (a session opened
+/// beforehand: with a full lock table, a new one may fail to start).
+pub async fn rows_on(conn: &mut sqlx::PgConnection, keys: &[LockKey]) -> Vec<Row> {
+    let wanted: BTreeSet<LockKey> = keys.iter().copied().collect();
     let all: Vec<(i64, i64, i16, i32, bool, bool)> = sqlx::query_as(
         "SELECT classid::int8, objid::int8, objsubid, pid, mode = 'ExclusiveLock', granted \
          FROM pg_locks WHERE locktype = 'advisory'",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(conn)
     .await
     .expect("query pg_locks");
-    let _ = conn.close().await;
     let mut rows: Vec<Row> = all
         .into_iter()
         .filter_map(|(classid, objid, objsubid, pid, exclusive, granted)| {
@@ -146,6 +153,11 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// terminated session) never arrives within the poll that sent the statement, so a test
 /// can poll a future once and know it is still in flight.
 pub async fn delayed_pool(max: u32, delay: Duration) -> sqlx::PgPool {
+    delayed_pool_at(&database_url(), max, delay).await
+}
+
+/// [`delayed_pool`] to the database at `url`.
+pub async fn delayed_pool_at(url: &str, max: u32, delay: Duration) -> sqlx::PgPool {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
 
@@ -169,8 +181,7 @@ pub async fn delayed_pool(max: u32, delay: Duration) -> sqlx::PgPool {
         });
     }
 
-    let options: sqlx::postgres::PgConnectOptions =
-        database_url().parse().expect("DATABASE_URL parses");
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("the URL parses");
     let target = format!("{}:{}", options.get_host(), options.get_port());
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
     let port = listener.local_addr().expect("the proxy's address").port();

@@ -19,8 +19,8 @@ use crate::{duration, exit};
              sharing the database sees",
     long_about = "flock(1) for PostgreSQL advisory locks: run commands under locks that every \
                   host sharing the database sees.\n\n\
-                  A lock is a key (42, -7, or a pair of 32-bit integers 1,-2) or a name, hashed \
-                  into a key exactly as Go's pglock.Hash and Rust's pglock::hash do, so shell \
+                  A lock is a key (42, -7, or a pair of 32-bit integers 1,-2) or a name, whose \
+                  key is the one Go's pglock.Hash and Rust's LockKey::from_name make, so shell \
                   scripts, Rust and Go services share the same locks.",
     after_help = exit::help(),
     propagate_version = true
