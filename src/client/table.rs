@@ -18,14 +18,13 @@
 //! `cargo bench --bench client throughput`, BENCHMARKS.md).
 
 use std::collections::{HashMap, VecDeque};
-
-use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use fnv::FnvHashMap;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
