@@ -65,8 +65,6 @@
 //! time with a std thread.
 
 use std::collections::{HashMap, VecDeque};
-
-use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +72,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fnv::FnvHashMap;
 
 use crate::{DistributedLock, Error, LockKey, LockMode, LockProvider, Result, timer};
 

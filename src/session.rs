@@ -245,7 +245,9 @@ impl<C: LockConnection> Session<C> {
                 let Some(reconnect) = &self.reconnect else {
                     return Err(Error::Disconnected { key });
                 };
-                let conn = reconnect.pool.acquire().await?;
+                // Boxed: the pool's acquire is a large future (about 8 KB), and every
+                // operation's future would carry its room though it runs only after a loss.
+                let conn = Box::pin(reconnect.pool.acquire()).await?;
                 self.conn = Some((reconnect.wrap)(conn));
                 self.facts = Facts::default();
                 self.state = State::Ready;

@@ -394,7 +394,7 @@ pub(crate) const FIRST_BORROWED: KeyedSql = KeyedSql {
         pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false",
 };
 
-/// Puts back what [`FIRST`] owed/// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
+/// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
 /// timeouts it turned off), from its stash, before a pool connection goes back to its
 /// pool. The probes it turned on stay on.
 pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \

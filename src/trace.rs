@@ -85,15 +85,18 @@ pub(crate) async fn acquisition<T: Outcome>(
     result
 }
 
+/// Without the feature, the acquisition itself: a plain function, not an `async fn`,
+/// which would store its argument future twice (before and after it starts) and so
+/// double the size of every acquisition's future.
 #[cfg(not(feature = "tracing"))]
 #[inline(always)]
-pub(crate) async fn acquisition<T: Outcome>(
+pub(crate) fn acquisition<T: Outcome, F: Future<Output = Result<T>>>(
     _key: LockKey,
     _mode: LockMode,
     _kind: &'static str,
-    acquire: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    acquire.await
+    acquire: F,
+) -> F {
+    acquire
 }
 
 /// A level (or all of a lock's levels, at `close`) was released on the server.

@@ -56,7 +56,10 @@ fn capture(test: impl std::future::Future<Output = ()> + Send + 'static) -> Stri
         .with_span_events(FmtSpan::CLOSE)
         .with_ansi(false)
         .finish();
-    tracing::subscriber::with_default(subscriber, || rt::run(test));
+    // The subscriber goes with the future: `rt::run` polls it on a thread of its own.
+    rt::run(tracing::instrument::WithSubscriber::with_subscriber(
+        test, subscriber,
+    ));
     captured.text()
 }
 

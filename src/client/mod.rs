@@ -159,6 +159,13 @@ impl ClientOptions {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Shutting down
+///
+/// The client keeps its lanes' sessions until it, its clones and every lock and set it
+/// made are dropped (with the driver running, a lane that holds nothing also goes back to
+/// the pool after [`ClientOptions::idle_timeout`]). `PgPool::close` waits for every
+/// connection to come back: drop the client and its locks before it, or it waits for them.
 #[derive(Clone)]
 pub struct LockClient {
     inner: Arc<Inner>,
@@ -168,7 +175,7 @@ pub struct LockClient {
 pub(crate) struct Inner {
     shared: Shared,
     table: std::sync::Mutex<Table>,
-    wakers: Arc<Wakers>,
+    wakers: Wakers,
     idle_timeout: Duration,
 }
 
@@ -196,7 +203,7 @@ impl LockClient {
                     local: MemoryLocks::new(),
                 },
                 table: std::sync::Mutex::new(Table::new(options.max_sessions)),
-                wakers: Arc::new(Wakers::default()),
+                wakers: Wakers::default(),
                 idle_timeout: options.idle_timeout,
             }),
         }

@@ -18,14 +18,13 @@
 //! `cargo bench --bench client throughput`, BENCHMARKS.md).
 
 use std::collections::{HashMap, VecDeque};
-
-use fnv::FnvHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use fnv::FnvHashMap;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
@@ -459,6 +458,18 @@ impl Table {
             (false, Some(session)) => drop(session),
             (false, None) => {}
         }
+        self.answer_joiners(op, granted);
+    }
+
+    /// Queues the release of the client's level of `mode` of `key` on `lane`.
+    fn queue_release(&mut self, key: LockKey, mode: LockMode, lane: LaneId) -> OpId {
+        let unlock = self.push(OpKind::Unlock(mode), key, lane);
+        self.set(key, mode, Server::Releasing { unlock, then: None });
+        unlock
+    }
+
+    /// Answers the locks that joined the wait `op`, or forgets it if none did.
+    fn answer_joiners(&mut self, op: OpId, granted: bool) {
         match self.ops.get(&op) {
             Some(entry) if entry.waiters > 0 => self.answer(op, Ok(granted)),
             Some(_) => {
@@ -480,16 +491,7 @@ impl Table {
             self.forget_if_free(key);
             return None;
         }
-        let op = self.push(OpKind::Unlock(mode), key, lane);
-        self.set(
-            key,
-            mode,
-            Server::Releasing {
-                unlock: op,
-                then: None,
-            },
-        );
-        Some(op)
+        Some(self.queue_release(key, mode, lane))
     }
 
     /// Records the levels a granted waiting session holds (one of `mode` on each of
@@ -584,13 +586,7 @@ impl Table {
                 }
             }
         }
-        match self.ops.get(&op) {
-            Some(entry) if entry.waiters > 0 => self.answer(op, Ok(granted)),
-            Some(_) => {
-                self.ops.remove(&op);
-            }
-            None => {}
-        }
+        self.answer_joiners(op, granted);
     }
 
     /// Queues a liveness check on `key`'s lane unless the lane answered within
@@ -1037,8 +1033,7 @@ impl Table {
             OpKind::Unlock(mode) if holds(key, mode) => {
                 self.settle(id, Err(copy_error(err, key)));
                 // Still held, and nobody wants it: release it in the next statement.
-                let unlock = self.push(OpKind::Unlock(mode), key, lane);
-                self.set(key, mode, Server::Releasing { unlock, then: None });
+                self.queue_release(key, mode, lane);
             }
             OpKind::Unlock(_) | OpKind::Alive => self.settle(id, Ok(true)),
             OpKind::TryAll { keys, shared } => {
@@ -1071,15 +1066,7 @@ impl Table {
         match (granted, m.holders) {
             (true, 0) => {
                 self.lanes[lane].levels += 1;
-                let op = self.push(OpKind::Unlock(mode), key, lane);
-                self.set(
-                    key,
-                    mode,
-                    Server::Releasing {
-                        unlock: op,
-                        then: None,
-                    },
-                );
+                self.queue_release(key, mode, lane);
             }
             (true, _) => {
                 m.server = Server::Held;

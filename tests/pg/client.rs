@@ -999,6 +999,29 @@ fn a_batch_that_fills_the_lock_table_part_way_grants_exactly_what_the_server_too
     });
 }
 
+#[test]
+fn dropping_the_client_and_its_locks_gives_every_session_back_so_the_pool_closes() {
+    let _t = Timed::start("client shutdown");
+    rt::run(async {
+        let pool = support::pool_with(8).await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(4));
+        let keys = lanes::keys("client/shutdown", 32);
+        let mut locks: Vec<ClientLock> = keys.iter().map(|k| client.lock(*k)).collect();
+        for lock in &mut locks {
+            assert!(within(LIMIT, "try_lock", lock.try_lock()).await.unwrap());
+        }
+        let clone = client.clone();
+        assert!(clone.sessions() > 1, "the keys spread over lanes");
+        drop((locks, client, clone));
+        within(LIMIT, "pool.close", pool.close()).await;
+        // The sessions went back to a closed pool, which ends them, and their locks.
+        support::eventually(FREED_WITHIN, "the keys are free", || {
+            lanes::untouched(&keys)
+        })
+        .await;
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Dropped locks and sets.
 
