@@ -566,7 +566,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         if self.lost.any() || self.held.any() {
             self.lost = Levels::default();
             self.held = Levels::default();
-            return Err(Error::LockLost { key: self.key });
+            return Err(self.lost_error());
         }
         match result {
             // A session that died holding nothing has nothing left to release.
@@ -732,7 +732,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
                     })),
                 _ => {
                     *self.lost.of_mut(mode) -= 1;
-                    Err(Error::LockLost { key: self.key })
+                    Err(self.lost_error())
                 }
             };
         }
@@ -766,7 +766,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         if !released {
             // We counted a level the server no longer has: the session lost it.
             self.lose_held();
-            return Err(Error::LockLost { key: self.key });
+            return Err(self.lost_error());
         }
         *self.held.of_mut(mode) -= 1;
         trace::released(self.key, Levels::default().with(mode));
@@ -813,7 +813,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
         if !released_all {
             // The session no longer had them all: whatever it held of ours is lost.
             self.lose_held();
-            return Err(Error::LockLost { key: self.key });
+            return Err(self.lost_error());
         }
         self.held = self.held.minus(levels);
         self.deferred = Levels::default();
@@ -832,7 +832,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             true => Ok(()),
             false => {
                 self.lose_held();
-                Err(Error::LockLost { key: self.key })
+                Err(self.lost_error())
             }
         }
     }
@@ -897,7 +897,7 @@ impl<C: LockConnection> AdvisoryLock<C> {
             Err(_) => {
                 self.session
                     .end("a fenced acquisition failed with levels held");
-                Err(Error::LockLost { key: self.key })
+                Err(self.lost_error())
             }
         }
     }
@@ -959,8 +959,14 @@ impl<C: LockConnection> AdvisoryLock<C> {
         }
     }
 
+    /// [`Error::LockLost`], but through a pooling proxy (the session found not pinned)
+    /// that is what the caller must hear of, for good: the levels it held stay on a
+    /// server session the lock can no longer reach.
     fn lost_error(&self) -> Error {
-        Error::LockLost { key: self.key }
+        match self.session.refused_for_good(self.key) {
+            Some(err @ Error::SessionNotPinned { .. }) => err,
+            _ => Error::LockLost { key: self.key },
+        }
     }
 }
 

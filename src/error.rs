@@ -102,7 +102,9 @@ pub enum Error {
     /// The lock's statements did not all run on one server session: the connection goes
     /// through a transaction-pooling proxy (PgBouncer in `pool_mode = transaction`), where
     /// a session lock cannot work. Seen as two backend pids, or as the server not knowing
-    /// a statement the lock prepared. The lock ended its connection and is not usable.
+    /// a statement the lock prepared. The lock ended its connection and is not usable:
+    /// every later operation returns this error again (also where levels it held would
+    /// otherwise be reported as [`LockLost`](Error::LockLost)).
     /// Levels it took before it noticed stay on the proxy's server session until the
     /// proxy resets or closes it (PgBouncer: `server_reset_query = DISCARD ALL` with
     /// `server_reset_query_always = 1`).
