@@ -136,7 +136,7 @@ impl PrivateCluster {
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         if self.as_postgres {
-            let mut cmd = Command::new("runuser");
+            let mut cmd = Command::new(runuser());
             cmd.args(["-u", "postgres", "--"]).arg(path);
             cmd
         } else {
@@ -199,6 +199,17 @@ fn server_bin_dir() -> Option<PathBuf> {
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .unwrap_or(dir)
         })
+}
+
+/// `runuser` (util-linux): on `PATH`, or where Debian puts it (`/usr/sbin`, `/sbin`), which a
+/// non-login shell's `PATH` may lack.
+pub fn runuser() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("runuser"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("runuser"))
 }
 
 /// Whether this process runs as root (then servers run as `postgres`, via `runuser`).
@@ -334,7 +345,7 @@ impl PrivateCluster {
         let path = self.bin.join(program);
         let mut cmd = match self.as_postgres {
             true => {
-                let mut cmd = Command::new("runuser");
+                let mut cmd = Command::new(runuser());
                 cmd.args(["-u", "postgres", "--", "timeout"]);
                 cmd
             }

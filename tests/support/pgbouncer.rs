@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
-use super::cluster::{free_port, is_root, watchdog};
+use super::cluster::{free_port, is_root, runuser, watchdog};
 
 /// What to install when PgBouncer is missing.
 pub const INSTALL_HINT: &str = "the pgbouncer suite needs the `pgbouncer` binary \
@@ -159,7 +159,7 @@ impl PgBouncer {
         }
 
         let mut command = if as_postgres {
-            let mut cmd = Command::new("runuser");
+            let mut cmd = Command::new(runuser());
             cmd.args(["-u", "postgres", "--"]).arg(&binary);
             cmd
         } else {
