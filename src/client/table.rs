@@ -342,22 +342,27 @@ impl Table {
             .is_some_and(|b| b.modes[index(other)].server != Server::Free)
     }
 
-    fn push(&mut self, kind: OpKind, key: LockKey, lane: LaneId) -> OpId {
+    /// Records a new operation (not queued anywhere yet) that `waiters` tasks will collect.
+    fn record(&mut self, kind: OpKind, key: LockKey, lane: LaneId, waiters: u32) -> OpId {
         self.next_op += 1;
         let id = self.next_op;
-        self.ops.insert(
-            id,
-            Op {
-                kind,
-                key,
-                lane,
-                outcome: None,
-                abandoned: false,
-                retried: false,
-                waiters: 1,
-                wakers: Vec::new(),
-            },
-        );
+        let op = Op {
+            kind,
+            key,
+            lane,
+            outcome: None,
+            abandoned: false,
+            retried: false,
+            waiters,
+            wakers: Vec::new(),
+        };
+        self.ops.insert(id, op);
+        id
+    }
+
+    /// Queues a new operation on `lane`, for the task that asks.
+    fn push(&mut self, kind: OpKind, key: LockKey, lane: LaneId) -> OpId {
+        let id = self.record(kind, key, lane, 1);
         self.lanes[lane].queue.push_back(id);
         id
     }
@@ -411,22 +416,8 @@ impl Table {
             Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(self.join(op)),
             Server::Releasing { then: Some(op), .. } => WaitStart::Join(self.join(op)),
             Server::Releasing { then: None, .. } | Server::Free => {
-                self.next_op += 1;
-                let op = self.next_op;
-                self.ops.insert(
-                    op,
-                    Op {
-                        kind: OpKind::Alive,
-                        key,
-                        lane,
-                        outcome: None,
-                        abandoned: false,
-                        retried: false,
-                        // The waiting lock has its own answer; only joiners collect.
-                        waiters: 0,
-                        wakers: Vec::new(),
-                    },
-                );
+                // The waiting lock has its own answer; only joiners collect.
+                let op = self.record(OpKind::Alive, key, lane, 0);
                 self.set(key, mode, Server::Waiting(op));
                 WaitStart::Start(op)
             }
@@ -538,22 +529,10 @@ impl Table {
         }) {
             return None;
         }
-        self.next_op += 1;
-        let op = self.next_op;
-        let lane = self.fixed; // not on a lane's queue; the number is never used
-        self.ops.insert(
-            op,
-            Op {
-                kind: OpKind::Alive,
-                key: keys.first().copied().unwrap_or(LockKey::BigInt(0)),
-                lane: lane.min(self.lanes.len().saturating_sub(1)),
-                outcome: None,
-                abandoned: false,
-                retried: false,
-                waiters: 0,
-                wakers: Vec::new(),
-            },
-        );
+        // Not on a lane's queue: the lane number is never used.
+        let lane = self.fixed.min(self.lanes.len().saturating_sub(1));
+        let first = keys.first().copied().unwrap_or(LockKey::BigInt(0));
+        let op = self.record(OpKind::Alive, first, lane, 0);
         for key in keys {
             let lane = self.lane_for(*key);
             let backing = self.keys.entry(*key).or_insert_with(|| Backing::new(lane));
