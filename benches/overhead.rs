@@ -19,10 +19,10 @@
 //! - the borrowed cycle (`with_connection` + `try_lock_for(1s)` + `unlock`): pglock sends
 //!   `FIRST_BORROWED` (which tries the key: it is free) and `UNLOCK`.
 //! - the lifecycle (`AdvisoryLock::new` + `try_lock` + `unlock` + `close`) on a
-//!   one-connection pool: pglock's statements are `FIRST` (an owned session's first
-//!   statement, with the default options' parameters: on this cluster it changes no
-//!   setting but the keepalive probes and the connection check, which stay on) and
-//!   `UNLOCK`; the pool's pings on `acquire` and return come on top for every contender.
+//!   one-connection pool: pglock's statements are `FIRST_CONFIGURED` (an owned session's
+//!   first statement once `FIRST` has set the session up, which one untimed lifecycle
+//!   does before the runs) and `UNLOCK`; the pool's pings on `acquire` and return come on
+//!   top for every contender.
 //!
 //! Each table also shows the CPU each contender costs per round (the bench process's and
 //! the server backends', from `schedstat`), over every block. Always a private cluster,
@@ -52,38 +52,23 @@ const UNLOCK: &str = "SELECT CASE WHEN pg_backend_pid() = $1 \
 /// `src/sql.rs` `FIRST_BORROWED` (bigint).
 const FIRST_BORROWED: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
             WHEN $1 = 1 THEN pg_try_advisory_lock($2) \
-            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2) END, \
-        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false";
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout')";
 
-/// `src/sql.rs` `FIRST` (bigint).
-const FIRST: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
-            WHEN $8 = 1 THEN pg_try_advisory_lock($9) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
-        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), \
-        $1 AND ($2 IS NOT NULL OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
-            OR current_setting('idle_in_transaction_session_timeout') <> $6), \
-        CASE WHEN $1 AND ($2 IS NOT NULL \
-                OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
-                OR current_setting('idle_in_transaction_session_timeout') <> $6) \
-            THEN set_config('pglock.restore', ARRAY[current_setting('application_name'), \
-                current_setting('idle_session_timeout', true), \
-                current_setting('idle_in_transaction_session_timeout')]::text, false) END, \
-        CASE WHEN $1 AND $2 IS NOT NULL THEN set_config('application_name', $2, false) END, \
-        CASE WHEN $1 AND coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
-            THEN set_config('idle_session_timeout', $6, false) END, \
-        CASE WHEN $1 AND current_setting('idle_in_transaction_session_timeout') <> $6 \
-            THEN set_config('idle_in_transaction_session_timeout', $6, false) END, \
-        CASE WHEN $1 AND $3 IS NOT NULL \
-                AND current_setting('client_connection_check_interval', true) = $6 \
-            THEN set_config('client_connection_check_interval', $3, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_idle') = $6 \
-            THEN set_config('tcp_keepalives_idle', $4, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_interval') = $6 \
-            THEN set_config('tcp_keepalives_interval', $5, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_count') = $6 \
-            THEN set_config('tcp_keepalives_count', $7, false) END";
+/// `src/sql.rs` `FIRST_CONFIGURED` (bigint): an owned session's first statement once an
+/// earlier lock has set the session up, as every cycle but the first finds it.
+const FIRST_CONFIGURED: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN current_setting('pglock.session', true) IS DISTINCT FROM $2 THEN false \
+            WHEN $1 = 1 THEN pg_try_advisory_lock($3) \
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($3) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout'), \
+        current_setting('pglock.session', true) IS NOT DISTINCT FROM $2";
 
-/// The first five columns of `FIRST` and `FIRST_BORROWED`, as the session reads them.
-type FirstRow = (Option<bool>, i32, bool, String, bool);
+/// The row of `FIRST_CONFIGURED`, as the session reads it.
+type ConfiguredRow = (Option<bool>, i32, String, bool);
+
+/// The row of `FIRST_BORROWED`, as the session reads it.
+type BorrowedRow = (Option<bool>, i32, String);
 
 const KEY_NAME: &str = "pglock-bench/overhead";
 
@@ -132,24 +117,22 @@ struct Target {
 }
 
 async fn first_owned(conn: &mut PgConnection, k: i64) -> (bool, i32) {
-    let row: FirstRow = sqlx::query_as(FIRST)
-        .bind(true)
-        .bind(None::<String>)
-        .bind(Some("1000ms"))
-        .bind("10s")
-        .bind("5s")
-        .bind("0")
-        .bind("3")
+    let row: ConfiguredRow = sqlx::query_as(FIRST_CONFIGURED)
         .bind(1_i32)
+        .bind("1")
         .bind(k)
         .fetch_one(conn)
         .await
         .unwrap();
+    assert!(
+        row.3,
+        "the pool's session is set up by pglock before the runs"
+    );
     (row.0 == Some(true), row.1)
 }
 
 async fn first_borrowed(conn: &mut PgConnection, k: i64) -> (bool, i32) {
-    let row: FirstRow = sqlx::query_as(FIRST_BORROWED)
+    let row: BorrowedRow = sqlx::query_as(FIRST_BORROWED)
         .bind(1_i32)
         .bind(k)
         .fetch_one(conn)
@@ -306,6 +289,12 @@ async fn run() {
         .await
         .expect("connect the pool");
     let k = raw::big(LockKey::from_name(KEY_NAME));
+    // pglock sets the pool's one session up once; every timed cycle finds it so.
+    let mut lock = AdvisoryLock::new(&pool, LockKey::BigInt(k))
+        .await
+        .expect("lock");
+    assert!(lock.try_lock().await.expect("try_lock"));
+    lock.close().await.expect("close");
     let mut t = Target {
         conn,
         pid,

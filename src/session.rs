@@ -49,7 +49,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 
 use crate::error::{self, sqlstate};
-use crate::sql::{self, add};
+use crate::sql::{self, KeyedSql, add};
 use crate::timer::Watch;
 use crate::{Error, LockKey, LockMode, LockOptions, Result, trace};
 
@@ -174,6 +174,17 @@ pub(crate) struct Session<C: LockConnection> {
 /// `statement_timeout` as the server shows it, whether settings are owed back.
 type FirstRow = (Option<bool>, i32, bool, String, bool);
 
+/// The row of [`sql::FIRST_CONFIGURED`]: tried (NULL on a standby), pid,
+/// `statement_timeout`, whether [`sql::FIRST`] had set the session up.
+type ConfiguredRow = (Option<bool>, i32, String, bool);
+
+/// The row of [`sql::FIRST_BORROWED`]: tried (NULL on a standby), pid, `statement_timeout`.
+type BorrowedRow = (Option<bool>, i32, String);
+
+/// The mark [`sql::FIRST`] leaves on a session it set up (`pglock.session`). Another
+/// value (a later pglock that sets sessions up differently) means "not set up".
+const SET_UP_MARK: &str = "1";
+
 impl<C: LockConnection> Session<C> {
     pub(crate) fn new(conn: C) -> Self {
         Session {
@@ -257,61 +268,123 @@ impl<C: LockConnection> Session<C> {
         }
     }
 
-    /// Runs the session's first statement (see [`sql::FIRST`]), trying `key` once in
-    /// `mode` unless `mode` is `None`. Returns whether it took the level.
+    /// Runs the session's first statement, trying `key` once in `mode` unless `mode` is
+    /// `None`. Returns whether it took the level.
+    ///
+    /// A borrowed session runs [`sql::FIRST_BORROWED`]. An owned one runs [`sql::FIRST`],
+    /// which sets it up, unless it may have been set up already (sqlx has statements
+    /// cached on it, so it ran statements before, and no `application_name` is to be set,
+    /// which is owed back at every close): then the much smaller
+    /// [`sql::FIRST_CONFIGURED`], and [`sql::FIRST`] after it only if the session turns
+    /// out not to be set up (once in a pooled session's life).
     pub(crate) async fn first(&mut self, key: LockKey, mode: Option<LockMode>) -> Result<bool> {
-        let configure = self.is_owned();
         let mode = match mode {
             None => 0_i32,
             Some(LockMode::Exclusive) => 1,
             Some(LockMode::Shared) => 2,
         };
+        if !self.is_owned() {
+            let mut args = PgArguments::default();
+            add(&mut args, mode)?;
+            add_key(&mut args, key)?;
+            let row: BorrowedRow = self.first_row(key, sql::FIRST_BORROWED, args).await?;
+            let (taken, pid, statement_timeout) = row;
+            return self.learn(key, taken, pid, &statement_timeout, false);
+        }
+        let mut earlier_pid = None;
+        if self.options.get_application_name().is_none() && self.has_run_statements() {
+            let mut args = PgArguments::default();
+            add(&mut args, mode)?;
+            add(&mut args, SET_UP_MARK)?;
+            add_key(&mut args, key)?;
+            let row: ConfiguredRow = self.first_row(key, sql::FIRST_CONFIGURED, args).await?;
+            let (taken, pid, statement_timeout, set_up) = row;
+            let taken = self.learn(key, taken, pid, &statement_timeout, false)?;
+            if set_up {
+                return Ok(taken);
+            }
+            // Not set up, and nothing tried: still fresh until FIRST has run, on the same
+            // server session.
+            earlier_pid = self.facts.pid.take();
+        }
+        let options = &self.options;
+        let check = options.get_client_connection_check_interval();
+        let keepalive = options.get_keepalive_idle();
         let mut args = PgArguments::default();
-        let sql = match configure {
-            true => {
-                let options = &self.options;
-                let check = options.get_client_connection_check_interval();
-                let keepalive = options.get_keepalive_idle();
-                add(&mut args, true)?;
-                add(&mut args, options.get_application_name().map(str::to_owned))?;
-                add(
-                    &mut args,
-                    (!check.is_zero()).then(|| format!("{}ms", check.as_millis())),
-                )?;
-                add(&mut args, format!("{}s", keepalive.as_secs()))?;
-                add(&mut args, format!("{}s", (keepalive.as_secs() / 2).max(1)))?;
-                add(&mut args, "0")?; // idle killers off; and what "off" reads as
-                add(&mut args, "3")?; // keepalive probes
-                add(&mut args, mode)?;
-                sql::FIRST
-            }
-            false => {
-                add(&mut args, mode)?;
-                sql::FIRST_BORROWED
-            }
-        };
+        add(&mut args, true)?;
+        add(&mut args, options.get_application_name().map(str::to_owned))?;
+        add(
+            &mut args,
+            (!check.is_zero()).then(|| format!("{}ms", check.as_millis())),
+        )?;
+        // Whole seconds, at least 1 (0 would mean "the kernel's default": hours).
+        let idle = keepalive.as_secs().max(1);
+        add(&mut args, idle.to_string())?;
+        add(&mut args, (idle / 2).max(1).to_string())?;
+        add(&mut args, "0")?; // idle killers off; and what "off" reads as
+        add(&mut args, "3")?; // keepalive probes
+        add(&mut args, mode)?;
+        add(&mut args, SET_UP_MARK)?;
         add_key(&mut args, key)?;
+        let row: FirstRow = self.first_row(key, sql::FIRST, args).await?;
+        let (taken, pid, standby, statement_timeout, owed) = row;
+        self.facts.pid = earlier_pid;
+        self.learn(
+            key,
+            (!standby).then_some(taken == Some(true)),
+            pid,
+            &statement_timeout,
+            owed,
+        )
+    }
+
+    /// Whether sqlx has prepared statements cached on the connection: if not, it is new
+    /// to us (or caches nothing) and certainly not set up.
+    fn has_run_statements(&mut self) -> bool {
+        use sqlx::Connection;
+        self.conn
+            .as_mut()
+            .is_some_and(|conn| conn.as_mut().cached_statements_size() > 0)
+    }
+
+    /// Sends a first statement, bounded by the operation timeout.
+    async fn first_row<R>(&mut self, key: LockKey, sql: KeyedSql, args: PgArguments) -> Result<R>
+    where
+        R: Send + Unpin + for<'r> sqlx::FromRow<'r, PgRow>,
+    {
         let bound = Some(self.options.get_operation_timeout());
-        let row: Option<FirstRow> = self
-            .query(key, Effect::Write, sql.for_key(key), args, bound)
-            .await?;
-        let (taken, pid, standby, statement_timeout, owed) =
-            row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
-        let statement_timeout_ms = setting_millis(&statement_timeout);
-        if standby {
+        self.query(key, Effect::Write, sql.for_key(key), args, bound)
+            .await?
+            .ok_or(Error::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Records what a first statement reported: `taken` is whether it took the level,
+    /// `None` on a hot standby (then nothing was taken). A second first statement on one
+    /// session (after [`sql::FIRST_CONFIGURED`] found it not set up) must have run on the
+    /// same server session.
+    fn learn(
+        &mut self,
+        key: LockKey,
+        taken: Option<bool>,
+        pid: i32,
+        statement_timeout: &str,
+        owed: bool,
+    ) -> Result<bool> {
+        let Some(taken) = taken else {
             // Nothing was taken. An owned session is let go of, so that the next attempt
             // asks a new one; a borrowed one runs its first statement again.
-            if configure {
+            if self.is_owned() {
                 self.end("the server is a hot standby");
             }
             return Err(Error::StandbyServer { key });
-        }
+        };
+        self.check_pinned(key, pid)?;
         self.facts = Facts {
             pid: Some(pid),
             restore_owed: owed,
-            statement_timeout_ms,
+            statement_timeout_ms: setting_millis(statement_timeout),
         };
-        Ok(taken == Some(true))
+        Ok(taken)
     }
 
     /// The bind parameters of a statement that changes levels: the server session the
@@ -604,13 +677,10 @@ impl<C: LockConnection> Session<C> {
         if self.state == State::InFlight(Effect::Read) {
             self.state = State::Ready; // a read's answer: sqlx reads it first
         }
+        let mut args = PgArguments::default();
+        add(&mut args, "")?; // the set-up mark off
         let _: bool = self
-            .fetch(
-                key,
-                Effect::Write,
-                sql::RESTORE_SESSION,
-                PgArguments::default(),
-            )
+            .fetch(key, Effect::Write, sql::RESTORE_SESSION, args)
             .await?;
         self.facts.restore_owed = false;
         Ok(())

@@ -306,8 +306,9 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
      AND classid = $1 AND objid = $2 AND objsubid = $3 AND mode = $4), pg_backend_pid()";
 
 /// A session's first statement: everything the lock must learn about a session, done in
-/// the round trip of its first acquisition. It tries the key once in mode `$8` (1
-/// exclusive, 2 shared, 0 nothing: a first statement that is not an acquisition), unless
+/// the round trip of its first acquisition. It tries the key (`$10`, or `$10, $11`) once
+/// in mode `$8` (1 exclusive, 2 shared, 0 nothing: a first statement that is not an
+/// acquisition), unless
 /// the server is a hot standby (`pg_is_in_recovery()`: then nothing is taken, see
 /// `Error::StandbyServer`); it never waits: a wait that a try cannot satisfy is the next
 /// statement, on a session that is then fully known. It reports the server session
@@ -318,19 +319,29 @@ pub(crate) const IS_HELD_IN_MODE: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalo
 /// With `$1` (an owned session) it also sets the session up, changing only what needs
 /// it. What is off is turned on, and left on at `close` (it only makes the server notice
 /// a vanished client sooner): the check for a gone client even while a lock waits
-/// (`client_connection_check_interval` = `$3`, PostgreSQL 14+; not when `$3` is NULL),
-/// and the server's probes of a silent client's socket (keepalive idle `$4`, interval
-/// `$5`, `$7` probes), so that a holder cut off without a FIN or RST loses its locks in
-/// about `$4 + $7 × $5` instead of the kernel's hours. What is on and would let a held
+/// (`client_connection_check_interval` = `$3`, PostgreSQL 14+; not when `$3` is NULL).
+/// The server's probes of a silent client's socket (keepalive idle `$4` seconds, interval
+/// `$5`, `$7` probes) are made at least as tight as these, so that a holder cut off
+/// without a FIN or RST loses its locks in about `$4 + $7 × $5` instead of the kernel's
+/// hours: on a TCP session `current_setting` shows the socket's value in effect (the
+/// kernel's 7200, 75 and 9 when nothing set them), never 0, so a looser value is what
+/// "off" looks like; 0 is a Unix socket, where setting them changes nothing. What is on and would let a held
 /// lock go silently (`idle_session_timeout`, `idle_in_transaction_session_timeout`) is
 /// turned off (`$6`: `'0'`, also what "off" reads as), and `application_name` is set if
 /// `$2` is not NULL: those are owed back, so the statement stashes the values it found in
 /// the placeholder setting `pglock.restore` for [`RESTORE_SESSION`], and answers whether
-/// it did (the fifth column). One level of select, its columns evaluated in order: the
-/// stash reads before the settings change.
+/// it did (the fifth column). Last, it marks the session as set up (`pglock.session` =
+/// `$9`), so that a later lock on it (a pool hands the same session out again) starts
+/// with [`FIRST_CONFIGURED`] instead; [`RESTORE_SESSION`] takes the mark off with what it
+/// puts back. One level of select, its columns evaluated in order: the stash reads before
+/// the settings change.
+///
+/// Its cost is its size: PostgreSQL builds the executor state of all fourteen columns at
+/// every execution, whether or not a branch runs, about 10 µs of server CPU more than
+/// `SELECT pg_try_advisory_lock($1)` (`BENCHMARKS.md`). Hence the mark.
 pub(crate) const FIRST: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
-            WHEN $8 = 1 THEN pg_try_advisory_lock($9) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9) END, \
+            WHEN $8 = 1 THEN pg_try_advisory_lock($10) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($10) END, \
         pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), \
         $1 AND ($2 IS NOT NULL OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
             OR current_setting('idle_in_transaction_session_timeout') <> $6), \
@@ -348,14 +359,15 @@ pub(crate) const FIRST: KeyedSql = KeyedSql {
         CASE WHEN $1 AND $3 IS NOT NULL \
                 AND current_setting('client_connection_check_interval', true) = $6 \
             THEN set_config('client_connection_check_interval', $3, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_idle') = $6 \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_idle')::int4 NOT BETWEEN 1 AND $4::int4 \
             THEN set_config('tcp_keepalives_idle', $4, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_interval') = $6 \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_interval')::int4 NOT BETWEEN 1 AND $5::int4 \
             THEN set_config('tcp_keepalives_interval', $5, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_count') = $6 \
-            THEN set_config('tcp_keepalives_count', $7, false) END",
+        CASE WHEN $1 AND current_setting('tcp_keepalives_count')::int4 NOT BETWEEN 1 AND $7::int4 \
+            THEN set_config('tcp_keepalives_count', $7, false) END, \
+        CASE WHEN $1 THEN set_config('pglock.session', $9, false) END",
     pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
-            WHEN $8 = 1 THEN pg_try_advisory_lock($9, $10) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($9, $10) END, \
+            WHEN $8 = 1 THEN pg_try_advisory_lock($10, $11) WHEN $8 = 2 THEN pg_try_advisory_lock_shared($10, $11) END, \
         pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), \
         $1 AND ($2 IS NOT NULL OR coalesce(current_setting('idle_session_timeout', true), $6) <> $6 \
             OR current_setting('idle_in_transaction_session_timeout') <> $6), \
@@ -373,31 +385,56 @@ pub(crate) const FIRST: KeyedSql = KeyedSql {
         CASE WHEN $1 AND $3 IS NOT NULL \
                 AND current_setting('client_connection_check_interval', true) = $6 \
             THEN set_config('client_connection_check_interval', $3, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_idle') = $6 \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_idle')::int4 NOT BETWEEN 1 AND $4::int4 \
             THEN set_config('tcp_keepalives_idle', $4, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_interval') = $6 \
+        CASE WHEN $1 AND current_setting('tcp_keepalives_interval')::int4 NOT BETWEEN 1 AND $5::int4 \
             THEN set_config('tcp_keepalives_interval', $5, false) END, \
-        CASE WHEN $1 AND current_setting('tcp_keepalives_count') = $6 \
-            THEN set_config('tcp_keepalives_count', $7, false) END",
+        CASE WHEN $1 AND current_setting('tcp_keepalives_count')::int4 NOT BETWEEN 1 AND $7::int4 \
+            THEN set_config('tcp_keepalives_count', $7, false) END, \
+        CASE WHEN $1 THEN set_config('pglock.session', $9, false) END",
 };
 
-/// [`FIRST`] for a borrowed session, which is never set up: the try, the server session,
-/// the standby check and `statement_timeout` only (`$1`: the mode, as `$8` there).
+/// A first statement for an owned session that [`FIRST`] has already set up (a pool's
+/// session that an earlier lock used; `$2` is the mark [`FIRST`] leaves as `$9`): the
+/// try (mode `$1` as `$8` there; key `$3`, or `$3, $4`), the server session and
+/// `statement_timeout`, and whether the mark is there. Without the mark it tries nothing
+/// and the session runs [`FIRST`] next. The first column is NULL on a hot standby and
+/// only there (nothing is tried), so no column of its own says so.
+pub(crate) const FIRST_CONFIGURED: KeyedSql = KeyedSql {
+    bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN current_setting('pglock.session', true) IS DISTINCT FROM $2 THEN false \
+            WHEN $1 = 1 THEN pg_try_advisory_lock($3) \
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($3) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout'), \
+        current_setting('pglock.session', true) IS NOT DISTINCT FROM $2",
+    pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+            WHEN current_setting('pglock.session', true) IS DISTINCT FROM $2 THEN false \
+            WHEN $1 = 1 THEN pg_try_advisory_lock($3, $4) \
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($3, $4) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout'), \
+        current_setting('pglock.session', true) IS NOT DISTINCT FROM $2",
+};
+
+/// [`FIRST`] for a borrowed session, which is never set up: the try (mode `$1` as `$8`
+/// there), the server session and `statement_timeout` only. As in [`FIRST_CONFIGURED`],
+/// the first column is NULL on a hot standby and only there.
 pub(crate) const FIRST_BORROWED: KeyedSql = KeyedSql {
     bigint: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
             WHEN $1 = 1 THEN pg_try_advisory_lock($2) \
-            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2) END, \
-        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false",
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout')",
     pair: "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
             WHEN $1 = 1 THEN pg_try_advisory_lock($2, $3) \
-            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2, $3) END, \
-        pg_backend_pid(), pg_is_in_recovery(), current_setting('statement_timeout'), false",
+            WHEN $1 = 2 THEN pg_try_advisory_lock_shared($2, $3) ELSE false END, \
+        pg_backend_pid(), current_setting('statement_timeout')",
 };
 
 /// Puts back what [`FIRST`] owed (`application_name` if it set one, and the idle
 /// timeouts it turned off), from its stash, before a pool connection goes back to its
-/// pool. The probes it turned on stay on.
+/// pool, and takes off its mark (`pglock.session` = `$1`, empty): the next lock on this
+/// session must run [`FIRST`] again. The probes it turned on stay on.
 pub(crate) const RESTORE_SESSION: &str = "SELECT true, pg_backend_pid(), \
+     set_config('pglock.session', $1, false), \
      set_config('application_name', r.v[1], false), \
      CASE WHEN r.v[2] IS NOT NULL THEN set_config('idle_session_timeout', r.v[2], false) END, \
      set_config('idle_in_transaction_session_timeout', r.v[3], false) \

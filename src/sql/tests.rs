@@ -48,6 +48,7 @@ fn checked_constants() -> Vec<(&'static str, Vec<&'static str>)> {
         IS_HELD,
         IS_HELD_IN_MODE,
         FIRST,
+        FIRST_CONFIGURED,
         FIRST_BORROWED,
         LIVENESS,
         STATEMENT_TIMEOUT_MS,

@@ -31,6 +31,7 @@ use support::assert_lock_lost;
 use support::cluster::PrivateCluster;
 use support::lanes;
 use support::rt;
+use support::statements::Observer;
 
 /// The bound on waits that should simply end.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -486,52 +487,23 @@ fn try_lock_all_takes_none_while_one_key_is_held_elsewhere_and_all_once_free() {
     });
 }
 
-/// `pg_stat_statements` calls since the last reset, other than the observer's own.
-async fn statements(observer: &mut PgConnection) -> (i64, Vec<String>) {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT query, calls FROM pg_stat_statements \
-         WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY query",
-    )
-    .fetch_all(observer)
-    .await
-    .expect("read pg_stat_statements");
-    let calls = rows.iter().map(|(_, n)| n).sum();
-    (
-        calls,
-        rows.into_iter()
-            .map(|(q, n)| format!("{n}× {}", &q[..q.len().min(60)]))
-            .collect(),
-    )
-}
-
-async fn reset_statements(observer: &mut PgConnection) {
-    sqlx::query("SELECT pg_stat_statements_reset()")
-        .execute(observer)
-        .await
-        .expect("pg_stat_statements_reset");
-}
-
 #[test]
 fn try_lock_all_is_one_statement_and_release_one_more() {
     let _t = Timed::start("try_lock_all statements");
     let cluster = support::cluster::PrivateCluster::start(&[]);
     let url = cluster.url();
     rt::run(async move {
-        let mut observer = support::connect_at(&url).await;
-        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            .execute(&mut observer)
-            .await
-            .expect("create pg_stat_statements");
-        let pool = support::pool_at(&url, 8).await;
+        let mut observer = Observer::connect(&url).await;
+        let pool = observer.pool(8).await;
         let client = LockClient::new(&pool);
         let keys = lanes::keys("client/one-statement", 10);
         // Warm up: the set's lane opens (its first statement sets the session up).
         let warm = client.try_lock_all(keys.clone()).await.unwrap().unwrap();
         warm.release().await.unwrap();
 
-        reset_statements(&mut observer).await;
+        observer.reset().await;
         let set = client.try_lock_all(keys.clone()).await.unwrap().unwrap();
-        let (calls, seen) = statements(&mut observer).await;
+        let (calls, seen) = observer.statements().await;
         assert_eq!(calls, 1, "try_lock_all of 10 keys: {seen:?}");
         assert!(seen[0].contains("WITH tried AS MATERIALIZED"), "{seen:?}");
         assert_eq!(
@@ -540,18 +512,18 @@ fn try_lock_all_is_one_statement_and_release_one_more() {
             "every key held"
         );
 
-        reset_statements(&mut observer).await;
+        observer.reset().await;
         set.release().await.unwrap();
-        let (calls, seen) = statements(&mut observer).await;
+        let (calls, seen) = observer.statements().await;
         assert_eq!(calls, 1, "release of 10 keys: {seen:?}");
         assert!(lanes::rows_at(&url, &keys).await.is_empty(), "released");
 
         // Refused: still one statement, and nothing left behind.
         let mut plain = support::connect_at(&url).await;
         assert!(support::try_lock_on(&mut plain, keys[7]).await);
-        reset_statements(&mut observer).await;
+        observer.reset().await;
         assert!(client.try_lock_all(keys.clone()).await.unwrap().is_none());
-        let (calls, seen) = statements(&mut observer).await;
+        let (calls, seen) = observer.statements().await;
         assert_eq!(calls, 1, "a refused try_lock_all: {seen:?}");
         assert_eq!(lanes::rows_at(&url, &keys).await.len(), 1);
         let _ = plain.close().await;

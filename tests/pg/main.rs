@@ -26,6 +26,7 @@ mod redaction;
 mod restart;
 mod scoped;
 mod security;
+mod setup;
 mod silent_network;
 mod standby;
 mod stress;

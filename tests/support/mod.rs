@@ -7,6 +7,7 @@ pub mod examples;
 pub mod lanes;
 pub mod pgbouncer;
 pub mod rt;
+pub mod statements;
 
 use std::time::{Duration, Instant};
 
