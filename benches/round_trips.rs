@@ -3,8 +3,8 @@
 //!
 //! Always on a private cluster (see `support`), which preloads `pg_stat_statements`. For
 //! each operation pair it warms the lock up with one uncounted pair (a lock's first
-//! operation is its session's first statement, `sql::FIRST`, which also sets an owned
-//! session up), resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls`
+//! operation is its session's first statement: `sql::FIRST`, which also sets an owned
+//! session up, or on a session already set up the smaller `sql::FIRST_CONFIGURED`), resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls`
 //! over every statement but the counting queries themselves. pglock's goal: exactly one
 //! statement per operation. This counts statements, not round trips: a pool's `acquire`
 //! and its return of a connection each send a ping, a round trip but no statement, and

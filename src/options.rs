@@ -7,8 +7,9 @@ use std::time::Duration;
 /// The session settings apply only to connections the lock *owns* (from
 /// [`AdvisoryLock::new`](crate::AdvisoryLock::new), or an owned `PgConnection` /
 /// `PoolConnection`), with the lock's first statement on the session, and only where
-/// needed: the client check and the keepalive probes where they are off (and then left
-/// on: they only make the server notice a vanished client sooner); the idle timeouts
+/// needed: the client check where it is off, and the keepalive probes where they are
+/// looser than the lock's (the kernel's default starts probing after 2 hours), both then
+/// left so (they only make the server notice a vanished client sooner); the idle timeouts
 /// turned off where they are on, and an `application_name` if one is configured, which
 /// [`close`](crate::AdvisoryLock::close) puts back before a pool connection returns to
 /// its pool. A borrowed connection's settings are never changed for good.
@@ -101,7 +102,8 @@ impl LockOptions {
     /// After how long without traffic the server starts probing an owned session's client
     /// (`tcp_keepalives_idle`; probes every half of it, 3 of them). A holder cut off
     /// silently (no FIN or RST) then loses its locks on the server in about 2.5 times
-    /// this (25 s by default) instead of the operating system's hours. TCP only.
+    /// this (25 s by default) instead of the operating system's hours. TCP only; whole
+    /// seconds, at least 1. A session whose probes are already tighter keeps its own.
     pub fn keepalive_idle(mut self, idle: Duration) -> Self {
         self.keepalive_idle = idle;
         self
