@@ -4,8 +4,9 @@
 //! Always on a private cluster (see `support`), which preloads `pg_stat_statements`. For
 //! each operation pair it warms the lock up with one uncounted pair (a lock's first
 //! operation is its session's first statement: `sql::FIRST`, which also sets an owned
-//! session up, or on a session already set up the smaller `sql::FIRST_CONFIGURED`), resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls`
-//! over every statement but the counting queries themselves. pglock's goal: exactly one
+//! session up, or on a session already set up the smaller `sql::FIRST_CONFIGURED`),
+//! resets `pg_stat_statements`, runs the pair 1000 times, and sums `calls` over every
+//! statement but the counting queries themselves. pglock's goal: exactly one
 //! statement per operation. This counts statements, not round trips: a pool's `acquire`
 //! and its return of a connection each send a ping, a round trip but no statement, and
 //! two statements can share a round trip. `cargo bench --bench interleaved` counts round
