@@ -301,19 +301,27 @@ async fn run() {
         pool,
         sqlx_lock: PgAdvisoryLock::with_key(PgAdvisoryLockKey::BigInt(k)),
     };
-    // Not in the default run: one lifecycle contender alone for 10 s, for a profiler to
-    // watch (`profile-lifecycle-0` pglock, `-1` its SQL raw, `-2` the plain SQL).
-    if let Some(who) = std::env::args().find_map(|a| {
-        a.strip_prefix("profile-lifecycle-")
-            .and_then(|w| w.parse::<usize>().ok())
+    // Not in the default run: one contender alone for 10 s, for a profiler to watch
+    // (`profile-lifecycle-0` pglock, `-1` its SQL raw, `-2` the plain SQL; `profile-pair-N`
+    // the same for `try_lock` + `unlock`, `-3` `PgAdvisoryLock`).
+    if let Some((m, who)) = std::env::args().find_map(|a| {
+        let (m, who) = match (
+            a.strip_prefix("profile-lifecycle-"),
+            a.strip_prefix("profile-pair-"),
+        ) {
+            (Some(who), _) => (Measure::Lifecycle, who),
+            (_, Some(who)) => (Measure::Pair, who),
+            _ => return None,
+        };
+        who.parse::<usize>().ok().map(|who| (m, who))
     }) {
         let start = Instant::now();
         let mut n = 0;
         while start.elapsed() < Duration::from_secs(10) {
-            rounds(&mut t, Measure::Lifecycle, who, 100).await;
+            rounds(&mut t, m, who, 100).await;
             n += 102;
         }
-        println!("profile-lifecycle-{who}: {n} cycles in 10 s");
+        println!("profile {}, contender {who}: {n} rounds in 10 s", m.name());
         return;
     }
     let mut tables = Vec::new();
