@@ -43,11 +43,13 @@
 //! a fifth of the size (PostgreSQL builds the executor state of every column at every
 //! execution: the big one cost 14% of a lock's whole life, the small one 3–4%). A session
 //! the mark is missing from (its owner ran `RESET ALL`, or `close` put back settings it
-//! owed) is set up again, for one round trip more, before its lock is taken. Every later statement acts only on that server session and
-//! reports where it ran: a move is [`Error::SessionNotPinned`], before anything is taken
-//! on the wrong session. On a standby nothing is taken ([`Error::StandbyServer`]); an
-//! owned session there is ended, so that the next attempt asks a fresh session (the
-//! server may have been promoted since).
+//! owed) is set up again, for one round trip more, before its lock is taken.
+//!
+//! Every later statement acts only on that server session and reports where it ran: a
+//! move is [`Error::SessionNotPinned`], before anything is taken on the wrong session.
+//! On a standby nothing is taken ([`Error::StandbyServer`]); an owned session there is
+//! ended, so that the next attempt asks a fresh session (the server may have been
+//! promoted since).
 
 use std::time::Duration;
 
