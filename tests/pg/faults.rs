@@ -1320,6 +1320,11 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
         let mut stats = ClientStats::default();
         // Per client: a cut since its sessions were last all checked.
         let mut stale = [false; 2];
+        // Per (client, key): the oldest `held_since` of dropped locks' shared levels that
+        // the client may still hold on the server (until the driver or the lane's next
+        // operation releases them). A shared grant can ride on them without a round
+        // trip, so it is only as old as they are.
+        let mut dropped_shared: BTreeMap<(usize, LockKey), u64> = BTreeMap::new();
 
         for cycle in 0..cycles {
             let cuts_at_start = proxy.cuts();
@@ -1336,6 +1341,14 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
             }
             let cut_during = (12..45).contains(&roll);
             let ops: Vec<Op> = slots.iter_mut().map(ClientSlot::choose).collect();
+            for (slot, op) in slots.iter().zip(&ops) {
+                if *op == Op::Drop && slot.levels.1 > 0 {
+                    let since = dropped_shared
+                        .entry((slot.client, slot.key))
+                        .or_insert(slot.held_since);
+                    *since = (*since).min(slot.held_since);
+                }
+            }
             let shared_since: Vec<Option<u64>> = slots
                 .iter()
                 .map(|me| {
@@ -1349,6 +1362,7 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                                 && s.levels.1 > 0
                         })
                         .map(|s| s.held_since)
+                        .chain(dropped_shared.get(&(me.client, me.key)).copied())
                         .min()
                 })
                 .collect();
@@ -1389,6 +1403,7 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
             // Between cycles: every lock that believes it holds is checked against the
             // server.
             let server = client_holdings(&mut observer, &prefix).await;
+            dropped_shared.retain(|&(client, key), _| server.contains(&(client, key, false)));
             let mut confirmed: Vec<(usize, LockKey, (u32, u32))> = Vec::new();
             for slot in slots.iter_mut() {
                 if slot.lock.is_none() || !slot.holds() || slot.lost.is_some() {
