@@ -14,6 +14,13 @@ use std::time::Duration;
 /// [`close`](crate::AdvisoryLock::close) puts back before a pool connection returns to
 /// its pool. A borrowed connection's settings are never changed for good.
 ///
+/// A pool's session is set up by the first lock that owns it and marked so
+/// (`pglock.session`); later locks on it only check the mark, which keeps their first
+/// statement small. A setting the pool's owner changes on that session afterwards (`SET
+/// idle_session_timeout = ...`) is therefore not looked at again, until `RESET ALL` or
+/// `DISCARD ALL` takes the mark off with the settings. A session whose idle timeouts
+/// `close` put back is set up again by its next lock, one round trip more.
+///
 /// ```
 /// use std::time::Duration;
 /// use pglock::LockOptions;
