@@ -320,6 +320,34 @@ fn every_acquisition_of_an_owned_lock_on_a_standby_is_refused_and_takes_nothing(
     });
 }
 
+/// A pool connection that already ran statements may have been set up by an earlier lock,
+/// so its first statement is the small `FIRST_CONFIGURED`: it refuses the standby too.
+#[test]
+fn an_owned_connection_that_ran_statements_before_is_refused_on_a_standby() {
+    let standby = shared().standby.url();
+    rt::run(async move {
+        let pool = support::pool_at(&standby, 4).await;
+        for how in [
+            Acquisition::Lock,
+            Acquisition::TryLockShared,
+            Acquisition::TryLockFor,
+        ] {
+            let key = support::key(&format!("standby/used-owned/{how:?}"));
+            let mut conn = pool.acquire().await.expect("acquire");
+            support::backend_pid(&mut conn).await; // a statement sqlx caches
+            let mut lock = AdvisoryLock::with_connection(conn, key);
+            let result = bounded("the first acquisition", attempt(&mut lock, how)).await;
+            assert_refused(&result, key, &format!("{how:?}"));
+            assert_nothing_taken(&standby, key, &format!("{how:?}")).await;
+            bounded("close", lock.close())
+                .await
+                .unwrap_or_else(|err| panic!("{how:?}: close after the refusal: {err}"));
+        }
+        assert_pool_holds_nothing(&pool, &standby).await;
+        pool.close().await;
+    });
+}
+
 #[test]
 fn every_acquisition_of_a_borrowed_lock_on_a_standby_is_refused_and_takes_nothing() {
     let standby = shared().standby.url();
