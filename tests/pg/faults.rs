@@ -1320,11 +1320,13 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
         let mut stats = ClientStats::default();
         // Per client: a cut since its sessions were last all checked.
         let mut stale = [false; 2];
-        // Per (client, key): the oldest `held_since` of dropped locks' shared levels that
-        // the client may still hold on the server (until the driver or the lane's next
-        // operation releases them). A shared grant can ride on them without a round
-        // trip, so it is only as old as they are.
-        let mut dropped_shared: BTreeMap<(usize, LockKey), u64> = BTreeMap::new();
+        // Per (client, key): the cut count before the oldest shared acquisition whose
+        // server level the client may still hold, whoever asked for it (a lock since
+        // dropped, a wait given up whose grant came anyway and waits to be released). A
+        // shared grant can ride on such a level without a round trip, so it is only as old
+        // as that level. Forgotten once the server shows no shared level of the client's
+        // on the key.
+        let mut shared_taken_since: BTreeMap<(usize, LockKey), u64> = BTreeMap::new();
 
         for cycle in 0..cycles {
             let cuts_at_start = proxy.cuts();
@@ -1341,12 +1343,12 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
             }
             let cut_during = (12..45).contains(&roll);
             let ops: Vec<Op> = slots.iter_mut().map(ClientSlot::choose).collect();
+            let cuts_before_ops = proxy.cuts();
             for (slot, op) in slots.iter().zip(&ops) {
-                if *op == Op::Drop && slot.levels.1 > 0 {
-                    let since = dropped_shared
+                if matches!(op, Op::LockShared { .. } | Op::TryLockShared) {
+                    shared_taken_since
                         .entry((slot.client, slot.key))
-                        .or_insert(slot.held_since);
-                    *since = (*since).min(slot.held_since);
+                        .or_insert(cuts_before_ops);
                 }
             }
             let shared_since: Vec<Option<u64>> = slots
@@ -1362,7 +1364,7 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                                 && s.levels.1 > 0
                         })
                         .map(|s| s.held_since)
-                        .chain(dropped_shared.get(&(me.client, me.key)).copied())
+                        .chain(shared_taken_since.get(&(me.client, me.key)).copied())
                         .min()
                 })
                 .collect();
@@ -1403,7 +1405,7 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
             // Between cycles: every lock that believes it holds is checked against the
             // server.
             let server = client_holdings(&mut observer, &prefix).await;
-            dropped_shared.retain(|&(client, key), _| server.contains(&(client, key, false)));
+            shared_taken_since.retain(|&(client, key), _| server.contains(&(client, key, false)));
             let mut confirmed: Vec<(usize, LockKey, (u32, u32))> = Vec::new();
             for slot in slots.iter_mut() {
                 if slot.lock.is_none() || !slot.holds() || slot.lost.is_some() {
