@@ -487,6 +487,55 @@ fn try_lock_all_takes_none_while_one_key_is_held_elsewhere_and_all_once_free() {
     });
 }
 
+/// Int-pair keys among `bigint` ones (the other tests' keys are all `bigint`): the
+/// statement's per-key choice between the key spaces.
+#[test]
+fn try_lock_all_of_int_pair_and_bigint_keys_takes_none_while_one_is_held_and_all_once_free() {
+    let _t = Timed::start("try_lock_all, both key spaces");
+    rt::run(async {
+        let pool = support::pool().await;
+        let client = LockClient::new(&pool);
+        let keys = vec![
+            support::key("client/try-lock-all-mixed/0"),
+            support::pair_key("client/try-lock-all-mixed/1"),
+            support::pair_key("client/try-lock-all-mixed/2"),
+        ];
+        let (mut plain, plain_pid) = plain_holder(keys[2]).await;
+        let set = within(LIMIT, "try_lock_all", client.try_lock_all(keys.clone()))
+            .await
+            .unwrap();
+        assert!(
+            set.is_none(),
+            "an int-pair key is held elsewhere: none taken"
+        );
+        let rows = lanes::rows(&keys).await;
+        assert_eq!(
+            rows.iter().map(|r| (r.key, r.pid)).collect::<Vec<_>>(),
+            vec![(keys[2], plain_pid)],
+            "only the plain session's key is held"
+        );
+
+        assert!(support::unlock_on(&mut plain, keys[2]).await);
+        let set = within(
+            LIMIT,
+            "try_lock_all_shared",
+            client.try_lock_all_shared(keys.clone()),
+        )
+        .await
+        .unwrap()
+        .expect("all free: all taken");
+        let held = lanes::rows(&keys).await;
+        assert_eq!(held.len(), keys.len(), "every key held: {held:?}");
+        assert!(
+            held.iter().all(|r| r.granted && !r.exclusive),
+            "shared: {held:?}"
+        );
+        within(LIMIT, "release", set.release()).await.unwrap();
+        assert!(lanes::rows(&keys).await.is_empty(), "released");
+        let _ = plain.close().await;
+    });
+}
+
 #[test]
 fn try_lock_all_is_one_statement_and_release_one_more() {
     let _t = Timed::start("try_lock_all statements");
