@@ -646,8 +646,7 @@ fn lock_space(space: &Mutex<Space>) -> MutexGuard<'_, Space> {
 /// All keys of one lock space.
 #[derive(Default)]
 struct Space {
-    /// By key: keys are the caller's, so a seeded hasher.
-    keys: HashMap<LockKey, KeyQueue, foldhash::fast::RandomState>,
+    keys: HashMap<LockKey, KeyQueue>,
     /// Session ids and wait tickets, never reused.
     next_id: u64,
 }
