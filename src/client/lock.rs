@@ -415,10 +415,12 @@ impl Reservation<'_> {
     async fn back(&mut self, wait: Wait) -> Result<bool> {
         let key = self.lock.key();
         let inner = Arc::clone(&self.lock.inner);
-        let backed = lock(&inner.table).back(key, self.mode);
+        let backed = lock(&inner.table).back(key, self.mode, wait.may_wait());
         let mut outcome = match backed {
             Backed::Shared => return Ok(true),
+            Backed::Refused => return Ok(false),
             Backed::Pending(op) => inner.complete(op).await,
+            Backed::Waiting(op) => join_wait(&inner, op, wait).await,
         };
         loop {
             match outcome {
@@ -428,10 +430,12 @@ impl Reservation<'_> {
             if lock(&inner.table).holds_other_mode(key, self.mode) {
                 // Held in the other mode on a lane: a wait there would stall the lane.
                 timer::sleep(RETRY.min(wait.remaining().unwrap_or(RETRY))).await;
-                let backed = lock(&inner.table).retry(key, self.mode);
+                let backed = lock(&inner.table).retry(key, self.mode, wait.may_wait());
                 outcome = match backed {
                     Backed::Shared => Ok(true),
+                    Backed::Refused => Ok(false),
                     Backed::Pending(op) => inner.complete(op).await,
+                    Backed::Waiting(op) => join_wait(&inner, op, wait).await,
                 };
                 continue;
             }
@@ -439,6 +443,7 @@ impl Reservation<'_> {
             outcome = match start {
                 WaitStart::Shared => Ok(true),
                 WaitStart::Join(op) => inner.complete(op).await,
+                WaitStart::JoinWait(op) => join_wait(&inner, op, wait).await,
                 WaitStart::Start(op) => {
                     // Boxed: a rare path, whose future (a whole AdvisoryLock's) would
                     // otherwise weigh on every acquisition's.
@@ -469,6 +474,17 @@ impl Drop for Reservation<'_> {
             }
         }
         self.lock.inner.wakers.nudge();
+    }
+}
+
+/// Shares the outcome of another lock's wait `op` for as long as `wait` allows:
+/// `Ok(false)` when the time is up first (the wait goes on for the others).
+async fn join_wait(inner: &Inner, op: OpId, wait: Wait) -> Result<bool> {
+    match wait.remaining() {
+        None => inner.complete(op).await,
+        Some(left) => timer::timeout(left, inner.complete(op))
+            .await
+            .unwrap_or(Ok(false)),
     }
 }
 

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgArguments;
 
 use super::Inner;
-use super::table::{LaneSession, OpId, lock};
+use super::table::{LaneSession, OpId, Settled, lock};
 use crate::memory::MemoryLock;
 use crate::session::{Effect, Session};
 use crate::sql::{self, add};
-use crate::{Error, LockKey, LockMode, Result};
+use crate::{Error, LockKey, LockMode, Result, timer};
 
 /// Keys taken together by [`LockClient::try_lock_all`](super::LockClient::try_lock_all)
 /// and its variants: one level of one mode on each. Release them with
@@ -154,7 +154,13 @@ where
     loop {
         let needed = {
             let mut table = lock(&inner.table);
-            if !table.all_settled(&keys) {
+            let settled = table.settled(&keys);
+            let time_left = deadline.is_some_and(|d| d > Instant::now());
+            if matches!(settled, Settled::WaitedFor) && !time_left {
+                // Another lock waits for a key: the server would refuse it now.
+                return Ok(None);
+            }
+            if !matches!(settled, Settled::Yes) {
                 None
             } else {
                 let mut needed = Vec::new();
@@ -174,8 +180,15 @@ where
             }
         };
         let Some(needed) = needed else {
-            // A key in transition (a release on its way): let the lanes move on.
-            drive_once(inner).await;
+            // A key in transition (a release on its way) or waited for: let the lanes
+            // move on, for no longer than the set may wait.
+            match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = timer::timeout(left, drive_once(inner)).await;
+                }
+                None => drive_once(inner).await,
+            }
             continue;
         };
         if needed.is_empty() {

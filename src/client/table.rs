@@ -272,18 +272,38 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) enum WaitStart {
     /// The level is held for the client now: share it.
     Shared,
-    /// Another try or wait for it is on its way: share its outcome.
+    /// Another try for it is on its way: share its outcome.
     Join(OpId),
+    /// Another lock waits for it on a session of its own: share its outcome, for no
+    /// longer than the caller may wait.
+    JoinWait(OpId),
     /// Wait on a session of its own, answering `op` for those that join.
     Start(OpId),
+}
+
+/// Where the keys of an all-or-nothing request stand on the server.
+pub(super) enum Settled {
+    /// Free, or held for the client: the request may go out.
+    Yes,
+    /// A try or a release is on its way: settled within a round trip.
+    InTransition,
+    /// Another lock of the client waits for one of them on a session of its own (which
+    /// may last forever): a conflict on the server.
+    WaitedFor,
 }
 
 /// What a local lock's request for a server level comes to.
 pub(super) enum Backed {
     /// The client holds the mode already: shared, no round trip.
     Shared,
-    /// Wait for this operation's answer.
+    /// Wait for this operation's answer (a try on its way: one round trip).
     Pending(OpId),
+    /// Another lock of the client waits for the mode on a session of its own: share its
+    /// outcome, for no longer than the caller may wait (the wait may last forever).
+    Waiting(OpId),
+    /// Another lock of the client waits for the mode, and the caller may not wait:
+    /// refused, as the server would refuse it now (a waiter means a conflict there).
+    Refused,
 }
 
 /// The client's record of the server, and its lanes.
@@ -368,15 +388,18 @@ impl Table {
     }
 
     /// A local lock that now holds `mode` of `key` locally asks for the server level: it
-    /// shares the client's level, joins a try (or a wait) on its way, or sends a try.
-    pub(super) fn back(&mut self, key: LockKey, mode: LockMode) -> Backed {
+    /// shares the client's level, joins a try (or, if it `may_wait`, a wait) on its way,
+    /// or sends a try.
+    pub(super) fn back(&mut self, key: LockKey, mode: LockMode, may_wait: bool) -> Backed {
         let lane = self.lane_for(key);
         let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
         let m = backing.mode(mode);
         m.holders += 1;
         match m.server {
             Server::Held => Backed::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => Backed::Pending(self.join(op)),
+            Server::Acquiring(op) => Backed::Pending(self.join(op)),
+            Server::Waiting(op) if may_wait => Backed::Waiting(self.join(op)),
+            Server::Waiting(_) => Backed::Refused,
             Server::Releasing { then: Some(op), .. } => Backed::Pending(self.join(op)),
             Server::Releasing { unlock, then: None } => {
                 // Behind the release on the same lane: the server sees them in order.
@@ -413,7 +436,8 @@ impl Table {
         let backing = self.keys.entry(key).or_insert_with(|| Backing::new(lane));
         match backing.mode(mode).server {
             Server::Held => WaitStart::Shared,
-            Server::Acquiring(op) | Server::Waiting(op) => WaitStart::Join(self.join(op)),
+            Server::Acquiring(op) => WaitStart::Join(self.join(op)),
+            Server::Waiting(op) => WaitStart::JoinWait(self.join(op)),
             Server::Releasing { then: Some(op), .. } => WaitStart::Join(self.join(op)),
             Server::Releasing { then: None, .. } | Server::Free => {
                 // The waiting lock has its own answer; only joiners collect.
@@ -637,24 +661,29 @@ impl Table {
 
     /// Whether every key is free of the client's server levels in any transition, so
     /// that an all-or-nothing try may go to one lane for all of them.
-    pub(super) fn all_settled(&self, keys: &[LockKey]) -> bool {
-        keys.iter().all(|key| {
-            self.keys.get(key).is_none_or(|b| {
-                b.modes
-                    .iter()
-                    .all(|m| matches!(m.server, Server::Free | Server::Held))
-            })
-        })
+    pub(super) fn settled(&self, keys: &[LockKey]) -> Settled {
+        let servers = || {
+            keys.iter()
+                .filter_map(|key| self.keys.get(key))
+                .flat_map(|b| b.modes.iter().map(|m| m.server))
+        };
+        if servers().any(|server| matches!(server, Server::Waiting(_))) {
+            Settled::WaitedFor
+        } else if servers().all(|server| matches!(server, Server::Free | Server::Held)) {
+            Settled::Yes
+        } else {
+            Settled::InTransition
+        }
     }
 
     /// A lock that still counts as a holder of `mode` of `key` (its try was refused)
     /// tries again: like [`back`](Self::back), without counting it twice.
-    pub(super) fn retry(&mut self, key: LockKey, mode: LockMode) -> Backed {
+    pub(super) fn retry(&mut self, key: LockKey, mode: LockMode, may_wait: bool) -> Backed {
         if let Some(backing) = self.keys.get_mut(&key) {
             let m = backing.mode(mode);
             m.holders = m.holders.saturating_sub(1);
         }
-        self.back(key, mode)
+        self.back(key, mode, may_wait)
     }
 
     /// Ends the lane of `key` (its liveness check went unanswered too long): its levels

@@ -1316,6 +1316,103 @@ fn a_wait_runs_on_a_session_of_its_own_lanes_keep_answering_and_a_granted_wait_s
 }
 
 #[test]
+fn a_try_for_a_key_another_lock_of_the_client_waits_for_answers_at_once_and_a_timed_one_within_its_bound()
+ {
+    let _t = Timed::start("tries beside a wait");
+    rt::run(async {
+        let pool = support::pool().await;
+        let client = LockClient::new(&pool);
+        let _driver = spawn_driver(&client);
+        let key = support::key("client/beside-a-wait");
+        let (mut plain, plain_pid) = plain_holder(key).await;
+        // A shared wait on a session of its own, behind the plain exclusive holder: the
+        // client's other locks may take the shared mode locally, but not on the server.
+        let mut waiter = client.lock(key);
+        let mut other = client.lock(key);
+        let checks = async {
+            support::eventually(LIMIT, "the wait shows in pg_locks", || async {
+                !support::waiters(key).await.is_empty()
+            })
+            .await;
+            let start = Instant::now();
+            let tried = within(
+                PROMPT,
+                "a shared try beside the wait",
+                other.try_lock_shared(),
+            );
+            assert!(!tried.await.unwrap(), "refused: the key is held elsewhere");
+            let tried = start.elapsed();
+            let bound = Duration::from_millis(300);
+            let start = Instant::now();
+            let timed = within(
+                bound + PROMPT,
+                "a timed shared try beside the wait",
+                other.try_lock_shared_for(bound),
+            );
+            assert!(!timed.await.unwrap(), "refused when its time is up");
+            let timed = start.elapsed();
+            assert!(timed >= bound, "waited its whole bound: {timed:?}");
+            // All-or-nothing sets with the key: the same answers.
+            let set = within(
+                PROMPT,
+                "a shared set beside the wait",
+                client.try_lock_all_shared([key]),
+            );
+            assert!(set.await.unwrap().is_none(), "a shared set is refused");
+            let start = Instant::now();
+            let set = within(
+                bound + PROMPT,
+                "a timed shared set beside the wait",
+                client.try_lock_all_shared_for([key], bound),
+            );
+            assert!(
+                set.await.unwrap().is_none(),
+                "a timed shared set is refused"
+            );
+            assert!(start.elapsed() >= bound, "the set waited its whole bound");
+            assert_eq!(
+                holders_of(key).await,
+                vec![(plain_pid, true)],
+                "only the plain session holds it"
+            );
+            (tried, timed)
+        };
+        let (tried, timed) = future::or(
+            async {
+                let waited = waiter.lock_shared().await;
+                panic!("the wait ended while the key was held: {waited:?}")
+            },
+            checks,
+        )
+        .await;
+        // The dropped wait took nothing; both locks work once the key is free.
+        assert!(support::unlock_on(&mut plain, key).await);
+        assert!(
+            within(LIMIT, "a shared try", other.try_lock_shared())
+                .await
+                .unwrap()
+        );
+        assert!(
+            within(LIMIT, "a shared wait", waiter.lock_shared())
+                .await
+                .is_ok()
+        );
+        assert_eq!(holders_of(key).await.len(), 1, "one server level for both");
+        other.close().await.unwrap();
+        waiter.close().await.unwrap();
+        support::eventually(FREED_WITHIN, "the key is free", || async {
+            support::free_for_another_session(key).await
+        })
+        .await;
+        eprintln!(
+            "[{}] beside a wait: a try answered in {tried:?}, a 300 ms timed try in {timed:?}",
+            rt::NAME
+        );
+        let _ = plain.close().await;
+    });
+}
+
+#[test]
 fn a_wait_for_a_key_of_a_lane_that_is_terminated_meanwhile_loses_nothing_and_is_granted() {
     let _t = Timed::start("wait across a lane loss");
     rt::run(async {
