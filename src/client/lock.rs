@@ -415,7 +415,16 @@ impl Reservation<'_> {
     async fn back(&mut self, wait: Wait) -> Result<bool> {
         let key = self.lock.key();
         let inner = Arc::clone(&self.lock.inner);
-        let backed = lock(&inner.table).back(key, self.mode, wait.may_wait());
+        let backed = {
+            let mut table = lock(&inner.table);
+            // A lane loss takes local levels under the table's lock: checked under it, a
+            // level lost since the local grant cannot be backed by a fresh server level
+            // that its loss, reported by the next unlock, would then leave behind.
+            if !self.lock.local.holds(self.mode) {
+                return Ok(true); // granted, then lost: reported as any loss is
+            }
+            table.back(key, self.mode, wait.may_wait())
+        };
         let mut outcome = match backed {
             Backed::Shared => return Ok(true),
             Backed::Refused => return Ok(false),

@@ -154,6 +154,12 @@ where
     loop {
         let needed = {
             let mut table = lock(&inner.table);
+            // A lane loss takes local levels under the table's lock: a member lost since
+            // its local grant is not backed by a fresh server level (which nobody would
+            // release), and the set, no longer whole, is refused.
+            if !set.members.iter().all(|(_, member)| member.holds(mode)) {
+                return Ok(None);
+            }
             let settled = table.settled(&keys);
             let time_left = deadline.is_some_and(|d| d > Instant::now());
             if matches!(settled, Settled::WaitedFor) && !time_left {
@@ -244,6 +250,15 @@ impl Taking {
         for key in keys {
             if let Some(at) = self.backed.iter().position(|k| k == key) {
                 self.backed.remove(at);
+                // A member whose level was lost lost its share of the server level with
+                // it: the key's count now (if any) is other locks'.
+                let lost = !self
+                    .members
+                    .iter()
+                    .any(|(k, member)| k == key && member.holds(self.mode));
+                if lost {
+                    continue;
+                }
                 if let Some(op) = table.unback(*key, self.mode) {
                     table.abandon(op);
                 }

@@ -1412,6 +1412,66 @@ fn a_try_for_a_key_another_lock_of_the_client_waits_for_answers_at_once_and_a_ti
     });
 }
 
+/// Runs `acquisition` (a shared one, of `key`) so that it is granted locally and then
+/// loses that level with its lane before its task runs again: another lock's shared level
+/// is the client's on the key's lane, a writer queues behind it and the acquisition
+/// behind the writer (queued writers block later readers); the writer gives up, which
+/// grants the acquisition locally, and the lane's loss is found before it is polled.
+async fn granted_locally_then_lost<F: std::future::Future>(
+    client: &LockClient,
+    key: LockKey,
+    acquisition: F,
+) -> F::Output {
+    let mut b = client.lock(key);
+    assert!(b.try_lock_shared().await.unwrap());
+    let lane = the_holder(key).await;
+    let mut w = client.lock(key);
+    let mut writer = Box::pin(w.lock());
+    assert!(future::poll_once(&mut writer).await.is_none(), "w queues");
+    let mut acquisition = Box::pin(acquisition);
+    let polled = future::poll_once(&mut acquisition).await;
+    assert!(polled.is_none(), "the acquisition queues behind w");
+    drop(writer);
+    support::terminate(lane).await;
+    let held = within(LIMIT, "b learns its loss", b.is_held()).await;
+    assert_lock_lost(held, key, "b learns its loss");
+    let outcome = within(LIMIT, "the acquisition runs again", acquisition).await;
+    let _ = b.close().await;
+    w.close().await.unwrap();
+    outcome
+}
+
+#[test]
+fn a_local_grant_lost_with_its_lane_before_the_lock_runs_again_leaves_no_server_level_behind() {
+    let _t = Timed::start("grant lost before it is backed");
+    rt::run(async {
+        let pool = support::pool().await;
+        let client = LockClient::new(&pool);
+        let key = support::key("client/grant-lost-before-backed");
+        let mut a = client.lock(key);
+        let granted = granted_locally_then_lost(&client, key, a.lock_shared()).await;
+        assert!(granted.is_ok(), "granted, then lost: {granted:?}");
+        // a's level went with the lane: its loss is reported, and no server level was
+        // taken for it that nobody would release.
+        let unlocked = within(LIMIT, "a's unlock", a.unlock_shared()).await;
+        assert_lock_lost(unlocked, key, "a's unlock reports the loss");
+        assert!(
+            holders_of(key).await.is_empty(),
+            "nothing held for a lost level"
+        );
+        assert!(within(LIMIT, "a again", a.try_lock()).await.unwrap());
+        a.close().await.unwrap();
+
+        // A set whose member is granted locally and lost likewise: refused, nothing held.
+        let key = support::key("client/set-member-lost-before-backed");
+        let taken = client.try_lock_all_shared_for([key], LIMIT);
+        let taken = granted_locally_then_lost(&client, key, taken).await;
+        assert!(taken.unwrap().is_none(), "a set no longer whole is refused");
+        assert!(holders_of(key).await.is_empty(), "nothing held for the set");
+        assert!(support::free_for_another_session(key).await);
+    });
+}
+
 #[test]
 fn a_wait_for_a_key_of_a_lane_that_is_terminated_meanwhile_loses_nothing_and_is_granted() {
     let _t = Timed::start("wait across a lane loss");
