@@ -352,26 +352,34 @@ impl ClientLock {
     }
 
     async fn acquire_traced(&mut self, mode: LockMode, wait: Wait) -> Result<bool> {
-        let already = self.local.holds(mode);
-        let granted = match (wait.remaining(), mode) {
-            (Some(Duration::ZERO), _) => self.local.try_now(mode)?,
-            (Some(left), LockMode::Exclusive) => self.local.try_lock_for(left).await?,
-            (Some(left), LockMode::Shared) => self.local.try_lock_shared_for(left).await?,
-            (None, LockMode::Exclusive) => self.local.lock().await.map(|()| true)?,
-            (None, LockMode::Shared) => self.local.lock_shared().await.map(|()| true)?,
-        };
-        // Refused locally, or a level stacked on one this lock holds: no round trip.
-        if !granted || already {
-            return Ok(granted);
+        loop {
+            let already = self.local.holds(mode);
+            let granted = match (wait.remaining(), mode) {
+                (Some(Duration::ZERO), _) => self.local.try_now(mode)?,
+                (Some(left), LockMode::Exclusive) => self.local.try_lock_for(left).await?,
+                (Some(left), LockMode::Shared) => self.local.try_lock_shared_for(left).await?,
+                (None, LockMode::Exclusive) => self.local.lock().await.map(|()| true)?,
+                (None, LockMode::Shared) => self.local.lock_shared().await.map(|()| true)?,
+            };
+            // Refused locally, or a level stacked on one this lock holds: no round trip.
+            if !granted || already {
+                return Ok(granted);
+            }
+            let mut reservation = Reservation {
+                lock: &mut *self,
+                mode,
+                kept: false,
+                lost_unbacked: false,
+            };
+            let outcome = reservation.back(wait).await;
+            reservation.kept = matches!(outcome, Ok(true));
+            if !reservation.lost_unbacked {
+                return outcome;
+            }
+            // The local grant went with a lane before the server's level was asked for:
+            // it was never the caller's, so its loss is accounted for silently (as the
+            // reservation is dropped) and the acquisition starts again.
         }
-        let mut reservation = Reservation {
-            lock: self,
-            mode,
-            kept: false,
-        };
-        let outcome = reservation.back(wait).await;
-        reservation.kept = matches!(outcome, Ok(true));
-        outcome
     }
 
     async fn release(&mut self, mode: LockMode) -> Result<()> {
@@ -409,6 +417,8 @@ struct Reservation<'a> {
     lock: &'a mut ClientLock,
     mode: LockMode,
     kept: bool,
+    /// The local level was lost with a lane before the server's was asked for.
+    lost_unbacked: bool,
 }
 
 impl Reservation<'_> {
@@ -418,10 +428,11 @@ impl Reservation<'_> {
         let backed = {
             let mut table = lock(&inner.table);
             // A lane loss takes local levels under the table's lock: checked under it, a
-            // level lost since the local grant cannot be backed by a fresh server level
-            // that its loss, reported by the next unlock, would then leave behind.
+            // level lost since the local grant is never backed by a fresh server level
+            // (the loss, once accounted for, would leave that level held by nobody).
             if !self.lock.local.holds(self.mode) {
-                return Ok(true); // granted, then lost: reported as any loss is
+                self.lost_unbacked = true;
+                return Ok(false);
             }
             table.back(key, self.mode, wait.may_wait())
         };

@@ -128,6 +128,28 @@ where
     let mut keys: Vec<LockKey> = keys.into_iter().map(Into::into).collect();
     keys.sort();
     keys.dedup();
+    loop {
+        if let Attempt::Done(taken) = take_all(inner, &keys, mode, deadline).await? {
+            return Ok(taken);
+        }
+    }
+}
+
+/// How one attempt at a set ended.
+enum Attempt {
+    Done(Option<LockSet>),
+    /// A member's local grant went with a lane before the server's level was asked for:
+    /// it was never the caller's, so it is forgotten silently and the set starts again.
+    Again,
+}
+
+/// One attempt at taking `keys` (sorted, distinct): locally, then on the server.
+async fn take_all(
+    inner: &Arc<Inner>,
+    keys: &[LockKey],
+    mode: LockMode,
+    deadline: Option<Instant>,
+) -> Result<Attempt> {
     let mut set = Taking {
         inner: Arc::clone(inner),
         mode,
@@ -136,7 +158,7 @@ where
     };
     // Locally, in key order (so that sets waiting for each other never deadlock): each
     // key a session of its own, as a ClientLock is.
-    for key in &keys {
+    for key in keys {
         let mut member = inner.shared.local.lock(*key);
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let granted = match (left, mode) {
@@ -145,7 +167,7 @@ where
             (Some(left), LockMode::Shared) => member.try_lock_shared_for(left).await?,
         };
         if !granted {
-            return Ok(None);
+            return Ok(Attempt::Done(None));
         }
         set.members.push((*key, member));
     }
@@ -155,22 +177,21 @@ where
         let needed = {
             let mut table = lock(&inner.table);
             // A lane loss takes local levels under the table's lock: a member lost since
-            // its local grant is not backed by a fresh server level (which nobody would
-            // release), and the set, no longer whole, is refused.
+            // its local grant is never backed by a fresh server level.
             if !set.members.iter().all(|(_, member)| member.holds(mode)) {
-                return Ok(None);
+                return Ok(Attempt::Again);
             }
-            let settled = table.settled(&keys);
+            let settled = table.settled(keys);
             let time_left = deadline.is_some_and(|d| d > Instant::now());
             if matches!(settled, Settled::WaitedFor) && !time_left {
                 // Another lock waits for a key: the server would refuse it now.
-                return Ok(None);
+                return Ok(Attempt::Done(None));
             }
             if !matches!(settled, Settled::Yes) {
                 None
             } else {
                 let mut needed = Vec::new();
-                for key in &keys {
+                for key in keys {
                     if set.backed.contains(key) {
                         continue;
                     }
@@ -198,18 +219,18 @@ where
             continue;
         };
         if needed.is_empty() {
-            return Ok(Some(set.keep()));
+            return Ok(Attempt::Done(Some(set.keep())));
         }
         let op = lock(&inner.table).try_all(needed.clone(), mode == LockMode::Shared);
         set.backed.extend(&needed);
         if inner.complete(op).await? {
-            return Ok(Some(set.keep()));
+            return Ok(Attempt::Done(Some(set.keep())));
         }
         let Some(deadline) = deadline else {
-            return Ok(None);
+            return Ok(Attempt::Done(None));
         };
         if deadline <= Instant::now() {
-            return Ok(None);
+            return Ok(Attempt::Done(None));
         }
         // Wait for them on a session of its own, in key order.
         let Some(op) = lock(&inner.table).wait_all_begin(&needed, mode) else {
@@ -219,8 +240,8 @@ where
         };
         let waited = wait_all(inner, &needed, mode, deadline, op).await;
         return match waited {
-            Ok(true) => Ok(Some(set.keep())),
-            Ok(false) => Ok(None),
+            Ok(true) => Ok(Attempt::Done(Some(set.keep()))),
+            Ok(false) => Ok(Attempt::Done(None)),
             Err(err) => Err(err),
         };
     }
