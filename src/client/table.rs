@@ -868,9 +868,15 @@ impl Table {
                 continue;
             };
             let alone = matches!(op.kind, OpKind::TryAll { .. });
-            let repeats_key =
-                batch.iter().any(|(_, key)| *key == op.key) && !matches!(op.kind, OpKind::Alive);
-            if (alone && !batch.is_empty()) || repeats_key {
+            // Rows of a batch run in no promised order: two operations on one key and
+            // mode (a release and the try queued behind it) go in separate statements.
+            // Operations on the other mode commute: a session never conflicts with itself.
+            let mode = op_mode(&op.kind);
+            let repeats = mode.is_some()
+                && batch
+                    .iter()
+                    .any(|(kind, key)| *key == op.key && op_mode(kind) == mode);
+            if (alone && !batch.is_empty()) || repeats {
                 break;
             }
             queue.pop_front();
@@ -1199,6 +1205,14 @@ impl Table {
             .filter(|l| matches!(l.io, Io::Idle(_)) && l.levels == 0 && l.queue.is_empty())
             .map(|l| l.last_busy + idle)
             .min()
+    }
+}
+
+/// The mode a try or a release is for.
+fn op_mode(kind: &OpKind) -> Option<LockMode> {
+    match kind {
+        OpKind::Try(mode) | OpKind::Unlock(mode) => Some(*mode),
+        OpKind::Alive | OpKind::TryAll { .. } => None,
     }
 }
 

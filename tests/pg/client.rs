@@ -537,7 +537,7 @@ fn try_lock_all_of_int_pair_and_bigint_keys_takes_none_while_one_is_held_and_all
 }
 
 #[test]
-fn try_lock_all_is_one_statement_and_release_one_more() {
+fn try_lock_all_is_one_statement_release_one_more_and_closing_both_modes_of_a_key_one() {
     let _t = Timed::start("try_lock_all statements");
     let cluster = support::cluster::PrivateCluster::start(&[]);
     let url = cluster.url();
@@ -576,8 +576,23 @@ fn try_lock_all_is_one_statement_and_release_one_more() {
         assert_eq!(calls, 1, "a refused try_lock_all: {seen:?}");
         assert_eq!(lanes::rows_at(&url, &keys).await.len(), 1);
         let _ = plain.close().await;
+
+        // A lock holding both modes of a key closes in one statement: releases of the two
+        // modes commute on one session, so they share a batch.
+        let mut both = client.lock(keys[0]);
+        assert!(both.try_lock().await.unwrap());
+        assert!(both.try_lock_shared().await.unwrap());
+        assert_eq!(lanes::rows_at(&url, &keys[..1]).await.len(), 2);
+        observer.reset().await;
+        both.close().await.unwrap();
+        let (calls, seen) = observer.statements().await;
+        assert_eq!(calls, 1, "close of a lock in both modes: {seen:?}");
+        assert!(
+            lanes::rows_at(&url, &keys[..1]).await.is_empty(),
+            "released"
+        );
         eprintln!(
-            "[{}] pg_stat_statements: try_lock_all 1, release 1",
+            "[{}] pg_stat_statements: try_lock_all 1, release 1, close of both modes 1",
             rt::NAME
         );
     });
@@ -1151,10 +1166,22 @@ fn without_the_driver_a_dropped_lock_stays_held_until_the_next_operation_through
         rt::sleep(Duration::from_millis(100)).await;
         assert!(!lanes::holder_pids(&on1[..1]).await.is_empty());
         client.check_sessions().await.unwrap();
-        support::eventually(FREED_WITHIN, "released with check_sessions", || async {
-            lanes::holder_pids(&on1[..1]).await.is_empty()
-        })
-        .await;
+        assert!(
+            lanes::holder_pids(&on1[..1]).await.is_empty(),
+            "released by the time check_sessions returns"
+        );
+
+        // A try given up in flight (or, if it was answered within its first poll, a lock
+        // dropped holding it): check_sessions also sends the release its grant queues.
+        let mut given_up = client.lock(on1[1]);
+        let answered = future::poll_once(Box::pin(given_up.try_lock())).await;
+        assert!(matches!(answered, None | Some(Ok(true))), "{answered:?}");
+        drop(given_up);
+        client.check_sessions().await.unwrap();
+        assert!(
+            lanes::holder_pids(&on1[1..2]).await.is_empty(),
+            "the unwanted grant is released by the time check_sessions returns"
+        );
         let mut all = on0.clone();
         all.extend(&on1);
         assert!(lanes::untouched(&all).await);
