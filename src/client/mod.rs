@@ -37,7 +37,12 @@
 //!   levels of a dropped lock are released within a round trip and idle lanes go back to
 //!   the pool after [`ClientOptions::idle_timeout`]. Without it everything still works:
 //!   awaited operations drive their lanes themselves, and a dropped lock's levels go out
-//!   with the next operation on their lane.
+//!   with the next operation on their lane, or with [`LockClient::check_sessions`], which
+//!   returns once the lanes have sent everything queued.
+//! - **Waits are never joined by tries.** While a lock of the client waits for a mode on a
+//!   session of its own, another lock's try for that mode is refused without a round
+//!   trip (the server refused the waiter a moment ago), and a timed attempt shares the
+//!   wait's outcome for no longer than its own timeout.
 //!
 //! Lanes are sessions like an `AdvisoryLock`'s: bounded statements, session set-up,
 //! pooling-proxy detection and the standby refusal hold for them too. One deviation from
@@ -322,7 +327,10 @@ impl LockClient {
     /// Checks every session the client holds now, in one round trip (the lanes at once):
     /// a lane found gone reports its levels lost to every lock that held one, as their
     /// next operation or `lost()` would find it. `Ok` once every lane has answered or
-    /// been found gone.
+    /// been found gone, and has sent what it had queued: on a client without its
+    /// [`driver`](Self::driver), this is the call that releases the levels of dropped
+    /// locks and of grants nobody wants any more (a try given up on its way), at the cost
+    /// of a round trip or two more.
     ///
     /// # Errors
     ///
@@ -334,10 +342,21 @@ impl LockClient {
     /// Dropping the future is safe: the checks belong to the lanes, which apply their
     /// answers anyway.
     pub async fn check_sessions(&self) -> Result<()> {
-        let ops = lock(&self.inner.table).check_lanes();
-        for op in ops {
-            // A lane found gone is the answer, not an error of the check.
-            let _ = self.inner.complete(op).await;
+        let mut awaited = Awaited {
+            inner: &self.inner,
+            ops: lock(&self.inner.table).check_lanes().into(),
+        };
+        // Then what the lanes still carry: an answer may queue a release (a grant nobody
+        // wants), which needs one more round trip; a few rounds bound it under load.
+        for _ in 0..FLUSH_ROUNDS {
+            while let Some(op) = awaited.ops.pop_front() {
+                // A lane found gone is the answer, not an error of the check.
+                let _ = self.inner.complete(op).await;
+            }
+            awaited.ops = lock(&self.inner.table).join_pending().into();
+            if awaited.ops.is_empty() {
+                break;
+            }
         }
         Ok(())
     }
@@ -393,6 +412,10 @@ impl LockClient {
     }
 }
 
+/// How many times [`LockClient::check_sessions`] waits for what the lanes carry: a grant
+/// nobody wants queues its release, and a release queues nothing.
+const FLUSH_ROUNDS: usize = 3;
+
 impl Inner {
     /// Moves the lanes on, polling them for the task of `waker`; whether anything
     /// landed (then call [`landed`](Self::landed) once the table is unlocked).
@@ -437,6 +460,20 @@ impl Inner {
             }
         })
         .await
+    }
+}
+
+/// Operations a task will wait for, one after the other; those it no longer waits for
+/// when it goes (or stops) are left to their lanes.
+struct Awaited<'a> {
+    inner: &'a Inner,
+    ops: std::collections::VecDeque<OpId>,
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        let mut table = lock(&self.inner.table);
+        self.ops.drain(..).for_each(|op| table.abandon(op));
     }
 }
 

@@ -615,6 +615,18 @@ impl Table {
         })
     }
 
+    /// Every operation on a lane's queue or on the wire, joined by one more task that
+    /// will collect its answer (abandoned ones included: their answer is kept for it).
+    pub(super) fn join_pending(&mut self) -> Vec<OpId> {
+        let pending: Vec<OpId> = self
+            .lanes
+            .iter()
+            .flat_map(|lane| lane.queue.iter().chain(&lane.sent))
+            .copied()
+            .collect();
+        pending.into_iter().map(|op| self.join(op)).collect()
+    }
+
     /// Queues a liveness check on every lane that has a session.
     pub(super) fn check_lanes(&mut self) -> Vec<OpId> {
         let lanes: Vec<(LaneId, LockKey)> = (0..self.lanes.len())

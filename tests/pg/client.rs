@@ -1107,6 +1107,35 @@ fn with_the_driver_dropped_locks_and_a_dropped_set_are_free_for_another_session_
 }
 
 #[test]
+fn without_the_driver_check_sessions_returns_once_a_grant_nobody_wants_is_released() {
+    let _t = Timed::start("no driver, unwanted grant");
+    rt::run(async {
+        let pool = support::pool().await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/no-driver/unwanted-grant");
+        // A try given up while its lane is still opening: it stays queued, and goes out
+        // with check_sessions' check in the lane's first statement. Its grant, which
+        // nobody wants, queues a release only when that statement's answer lands.
+        let mut given_up = client.lock(key);
+        let answered = future::poll_once(Box::pin(given_up.try_lock())).await;
+        assert!(
+            answered.is_none(),
+            "the lane is still opening: {answered:?}"
+        );
+        drop(given_up);
+        within(LIMIT, "check_sessions", client.check_sessions())
+            .await
+            .unwrap();
+        assert!(
+            holders_of(key).await.is_empty(),
+            "released by the time check_sessions returns: {:?}",
+            holders_of(key).await
+        );
+        assert!(support::free_for_another_session(key).await);
+    });
+}
+
+#[test]
 fn without_the_driver_a_dropped_lock_stays_held_until_the_next_operation_through_the_client() {
     let _t = Timed::start("no driver");
     rt::run(async {
