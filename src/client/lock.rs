@@ -436,12 +436,7 @@ impl Reservation<'_> {
             }
             table.back(key, self.mode, wait.may_wait())
         };
-        let mut outcome = match backed {
-            Backed::Shared => return Ok(true),
-            Backed::Refused => return Ok(false),
-            Backed::Pending(op) => inner.complete(op).await,
-            Backed::Waiting(op) => join_wait(&inner, op, wait).await,
-        };
+        let mut outcome = answer(&inner, backed, wait).await;
         loop {
             match outcome {
                 Ok(false) if wait.may_wait() => {}
@@ -451,12 +446,7 @@ impl Reservation<'_> {
                 // Held in the other mode on a lane: a wait there would stall the lane.
                 timer::sleep(RETRY.min(wait.remaining().unwrap_or(RETRY))).await;
                 let backed = lock(&inner.table).retry(key, self.mode, wait.may_wait());
-                outcome = match backed {
-                    Backed::Shared => Ok(true),
-                    Backed::Refused => Ok(false),
-                    Backed::Pending(op) => inner.complete(op).await,
-                    Backed::Waiting(op) => join_wait(&inner, op, wait).await,
-                };
+                outcome = answer(&inner, backed, wait).await;
                 continue;
             }
             let start = lock(&inner.table).wait_begin(key, self.mode);
@@ -494,6 +484,16 @@ impl Drop for Reservation<'_> {
             }
         }
         self.lock.inner.wakers.nudge();
+    }
+}
+
+/// What a request for the server level comes to, once answered.
+async fn answer(inner: &Inner, backed: Backed, wait: Wait) -> Result<bool> {
+    match backed {
+        Backed::Shared => Ok(true),
+        Backed::Refused => Ok(false),
+        Backed::Pending(op) => inner.complete(op).await,
+        Backed::Waiting(op) => join_wait(inner, op, wait).await,
     }
 }
 
