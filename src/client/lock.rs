@@ -8,7 +8,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::Postgres;
 
 use super::Inner;
-use super::table::{Backed, OpId, WaitStart, lock};
+use super::table::{Backed, OpId, Table, WaitStart, lock};
 use crate::levels::Levels;
 use crate::memory::MemoryLock;
 use crate::{AdvisoryLock, DistributedLock, Error, LockKey, LockMode, Result, timer, trace};
@@ -417,7 +417,8 @@ struct Reservation<'a> {
     lock: &'a mut ClientLock,
     mode: LockMode,
     kept: bool,
-    /// The local level was lost with a lane before the server's was asked for.
+    /// The local level was lost with a lane before the server's was asked for (first, or
+    /// again after a refusal).
     lost_unbacked: bool,
 }
 
@@ -425,16 +426,9 @@ impl Reservation<'_> {
     async fn back(&mut self, wait: Wait) -> Result<bool> {
         let key = self.lock.key();
         let inner = Arc::clone(&self.lock.inner);
-        let backed = {
-            let mut table = lock(&inner.table);
-            // A lane loss takes local levels under the table's lock: checked under it, a
-            // level lost since the local grant is never backed by a fresh server level
-            // (the loss, once accounted for, would leave that level held by nobody).
-            if !self.lock.local.holds(self.mode) {
-                self.lost_unbacked = true;
-                return Ok(false);
-            }
-            table.back(key, self.mode, wait.may_wait())
+        let mode = self.mode;
+        let Some(backed) = self.request(|table| table.back(key, mode, wait.may_wait())) else {
+            return Ok(false);
         };
         let mut outcome = answer(&inner, backed, wait).await;
         loop {
@@ -445,11 +439,16 @@ impl Reservation<'_> {
             if lock(&inner.table).holds_other_mode(key, self.mode) {
                 // Held in the other mode on a lane: a wait there would stall the lane.
                 timer::sleep(RETRY.min(wait.remaining().unwrap_or(RETRY))).await;
-                let backed = lock(&inner.table).retry(key, self.mode, wait.may_wait());
+                let retried = self.request(|table| table.retry(key, mode, wait.may_wait()));
+                let Some(backed) = retried else {
+                    return Ok(false);
+                };
                 outcome = answer(&inner, backed, wait).await;
                 continue;
             }
-            let start = lock(&inner.table).wait_begin(key, self.mode);
+            let Some(start) = self.request(|table| table.wait_begin(key, mode)) else {
+                return Ok(false);
+            };
             outcome = match start {
                 WaitStart::Shared => Ok(true),
                 WaitStart::Join(op) => inner.complete(op).await,
@@ -466,6 +465,21 @@ impl Reservation<'_> {
                 }
             };
         }
+    }
+
+    /// Asks the client's table for the server level, unless the local level went with a
+    /// lane meanwhile (`None`, and `lost_unbacked` set). A lane loss takes local levels
+    /// under the table's lock: checked under it, a lost level is never backed by a fresh
+    /// server level (the loss, once accounted for, would leave that level held by nobody,
+    /// and the next lock on the key would answer for it).
+    fn request<T>(&mut self, ask: impl FnOnce(&mut Table) -> T) -> Option<T> {
+        let inner = Arc::clone(&self.lock.inner);
+        let mut table = lock(&inner.table);
+        if !self.lock.local.holds(self.mode) {
+            self.lost_unbacked = true;
+            return None;
+        }
+        Some(ask(&mut table))
     }
 }
 

@@ -178,7 +178,7 @@ async fn take_all(
             let mut table = lock(&inner.table);
             // A lane loss takes local levels under the table's lock: a member lost since
             // its local grant is never backed by a fresh server level.
-            if !set.members.iter().all(|(_, member)| member.holds(mode)) {
+            if !set.all_held() {
                 return Ok(Attempt::Again);
             }
             let settled = table.settled(keys);
@@ -232,8 +232,16 @@ async fn take_all(
         if deadline <= Instant::now() {
             return Ok(Attempt::Done(None));
         }
-        // Wait for them on a session of its own, in key order.
-        let Some(op) = lock(&inner.table).wait_all_begin(&needed, mode) else {
+        // Wait for them on a session of its own, in key order (unless a member was lost
+        // meanwhile, as above).
+        let begun = {
+            let mut table = lock(&inner.table);
+            if !set.all_held() {
+                return Ok(Attempt::Again);
+            }
+            table.wait_all_begin(&needed, mode)
+        };
+        let Some(op) = begun else {
             drive_once(inner).await;
             set.unback(&needed);
             continue;
@@ -264,6 +272,13 @@ impl Taking {
             mode: self.mode,
             members: std::mem::take(&mut self.members),
         }
+    }
+
+    /// Whether every member still holds its local level (a lane loss takes them).
+    fn all_held(&self) -> bool {
+        self.members
+            .iter()
+            .all(|(_, member)| member.holds(self.mode))
     }
 
     fn unback(&mut self, keys: &[LockKey]) {

@@ -1543,6 +1543,119 @@ fn a_local_grant_lost_with_its_lane_before_it_is_backed_is_taken_again_and_leave
 }
 
 #[test]
+fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_leaves_nothing_behind()
+ {
+    let _t = Timed::start("upgrade lost while refused");
+    rt::run(async {
+        let pool = support::pool().await;
+        let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
+        let key = support::key("client/upgrade-lost-while-refused");
+        // A plain session shares the key, so the server refuses the client's upgrade.
+        let mut plain = support::connect().await;
+        assert!(support::try_lock_shared_on(&mut plain, key).await);
+        let plain_pid = support::backend_pid(&mut plain).await;
+        let mut a = client.lock(key);
+        assert!(
+            within(LIMIT, "a shares the key", a.try_lock_shared())
+                .await
+                .unwrap()
+        );
+        let lane = holders_of(key)
+            .await
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .find(|&pid| pid != plain_pid)
+            .expect("the lane holds the key");
+
+        // The upgrade is granted locally (a lock never conflicts with itself) and its try
+        // is refused; before the lock reads that answer, its lane is terminated and the
+        // loss found: its shared level and the local grant of the upgrade are lost.
+        let mut upgrade = Box::pin(a.lock());
+        assert!(
+            future::poll_once(&mut upgrade).await.is_none(),
+            "the upgrade's try"
+        );
+        within(LIMIT, "the try is answered", client.check_sessions())
+            .await
+            .unwrap();
+        support::terminate(lane).await;
+        within(LIMIT, "the loss is found", client.check_sessions())
+            .await
+            .unwrap();
+        assert!(support::unlock_shared_on(&mut plain, key).await);
+
+        // The lost grant was never the caller's: the upgrade starts again and takes the
+        // key afresh (it used to back the lost grant with a server level nobody could
+        // release: a's unlock answered LockLost and the key stayed held for good).
+        within(LIMIT, "the upgrade", upgrade).await.unwrap();
+        let holder = the_holder(key).await;
+        assert_ne!(holder, lane);
+        assert_eq!(holders_of(key).await, vec![(holder, true)]);
+        // The shared level's loss is still a's to hear of, once.
+        assert_lock_lost(a.is_held().await, key, "a's shared level was lost");
+        assert_lock_lost(a.unlock_shared().await, key, "accounted for");
+        assert!(
+            within(LIMIT, "a holds the upgrade", a.is_held())
+                .await
+                .unwrap()
+        );
+        within(LIMIT, "a's unlock", a.unlock()).await.unwrap();
+        support::eventually(FREED_WITHIN, "nothing held once a lets go", || async {
+            holders_of(key).await.is_empty()
+        })
+        .await;
+        a.close().await.unwrap();
+        assert!(support::free_for_another_session(key).await);
+
+        // A set likewise: its member shares another lock's level, its other key is
+        // refused; the lane goes with that level before the set reads the refusal. The set
+        // starts again and is handed out whole (it used to wait for the refused key alone
+        // and hand out a set whose shared member was already lost).
+        let keys = lanes::keys("client/set-member-lost-while-refused", 2);
+        let mut b = client.lock(keys[0]);
+        assert!(
+            within(LIMIT, "b shares", b.try_lock_shared())
+                .await
+                .unwrap()
+        );
+        let lane = the_holder(keys[0]).await;
+        let (mut plain, _) = plain_holder(keys[1]).await;
+        let mut taking = Box::pin(client.try_lock_all_shared_for(keys.clone(), LIMIT));
+        assert!(
+            future::poll_once(&mut taking).await.is_none(),
+            "the set's try"
+        );
+        within(LIMIT, "the try is answered", client.check_sessions())
+            .await
+            .unwrap();
+        support::terminate(lane).await;
+        within(LIMIT, "the loss is found", client.check_sessions())
+            .await
+            .unwrap();
+        assert!(support::unlock_on(&mut plain, keys[1]).await);
+        let set = within(LIMIT, "the set", taking)
+            .await
+            .unwrap()
+            .expect("the set is taken again");
+        for key in &keys {
+            let holder = the_holder(*key).await;
+            assert_ne!(holder, lane);
+            assert_eq!(holders_of(*key).await, vec![(holder, false)]);
+        }
+        within(LIMIT, "the set's release", set.release())
+            .await
+            .unwrap();
+        assert_lock_lost(b.close().await, keys[0], "b's level was lost");
+        support::eventually(
+            FREED_WITHIN,
+            "nothing held once the set lets go",
+            || async { lanes::untouched(&keys).await },
+        )
+        .await;
+    });
+}
+
+#[test]
 fn a_wait_for_a_key_of_a_lane_that_is_terminated_meanwhile_loses_nothing_and_is_granted() {
     let _t = Timed::start("wait across a lane loss");
     rt::run(async {
