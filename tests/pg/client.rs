@@ -1545,7 +1545,7 @@ fn a_local_grant_lost_with_its_lane_before_it_is_backed_is_taken_again_and_leave
 #[test]
 fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_leaves_nothing_behind()
  {
-    let _t = Timed::start("upgrade lost while refused");
+    let _t = Timed::start("request refused while its levels go");
     rt::run(async {
         let pool = support::pool().await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
