@@ -1027,15 +1027,19 @@ struct ClientStats {
 ///
 /// `shared_since`: when another lock of the same client took the shared level of the key
 /// it holds now (a shared acquisition joins that level without a round trip, so it is as
-/// old as that level, and lost with it). `stale`: a cut may have left a session of the
-/// lock's client dead and unnoticed (lanes are shared: the operation that finds one can
-/// be any lock's, any cycle later, and those queued behind it fail with it).
+/// old as that level, and lost with it). `given_up_since`: when an acquisition by a lock
+/// of the same client on the key was given up while its request may still be unanswered
+/// (a later acquisition, in either mode, joins that request: its grant may be an answer
+/// the server sent before a cut, read only now). `stale`: a cut may have left a session
+/// of the lock's client dead and unnoticed (lanes are shared: the operation that finds
+/// one can be any lock's, any cycle later, and those queued behind it fail with it).
 async fn client_step(
     proxy: &Proxy,
     clients: &[pglock::LockClient; 2],
     slot: &mut ClientSlot,
     op: Op,
     shared_since: Option<u64>,
+    given_up_since: Option<u64>,
     stale: bool,
 ) -> (Duration, String) {
     let cuts_before = proxy.cuts();
@@ -1147,10 +1151,12 @@ async fn client_step(
                 _ => {}
             }
             if was_empty && slot.holds() {
-                slot.held_since = match (granted && !exclusive_op, shared_since) {
-                    (true, Some(since)) => since.min(cuts_before),
-                    _ => cuts_before,
-                };
+                let shared_since = shared_since.filter(|_| granted && !exclusive_op);
+                slot.held_since = [Some(cuts_before), shared_since, given_up_since]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(cuts_before);
             }
         }
         Outcome::GaveUp => {
@@ -1327,6 +1333,11 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
         // as that level. Forgotten once the server shows no shared level of the client's
         // on the key.
         let mut shared_taken_since: BTreeMap<(usize, LockKey), u64> = BTreeMap::new();
+        // Per (client, key): the cut count before the oldest acquisition given up since the
+        // client's lanes were last flushed (`check_sessions`). Its request may still be on a
+        // lane, answered by the server but not read yet (client 1 has no driver): a later
+        // acquisition joins it, and is only as old as that request.
+        let mut given_up_since: BTreeMap<(usize, LockKey), u64> = BTreeMap::new();
 
         for cycle in 0..cycles {
             let cuts_at_start = proxy.cuts();
@@ -1383,12 +1394,22 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                 .zip(ops.iter().zip(&shared_since))
                 .map(|(slot, (op, since))| {
                     let stale = stale_now[slot.client];
-                    Box::pin(client_step(&proxy, &clients, slot, *op, *since, stale))
+                    let given_up = given_up_since.get(&(slot.client, slot.key)).copied();
+                    Box::pin(client_step(
+                        &proxy, &clients, slot, *op, *since, given_up, stale,
+                    ))
                 })
                 .collect::<Vec<_>>();
             let (records, ()) = zip(support::lanes::join_all(steps), cutter).await;
             if proxy.cuts() > cuts_at_start {
                 stale = [true; 2];
+            }
+            for ((slot, op), (_, label)) in slots.iter().zip(&ops).zip(&records) {
+                if label == "gave up" && matches!(op, Op::Lock { .. } | Op::LockShared { .. }) {
+                    given_up_since
+                        .entry((slot.client, slot.key))
+                        .or_insert(cuts_before_ops);
+                }
             }
             for (op, (latency, label)) in ops.iter().zip(records) {
                 *stats.ops.entry(op.name()).or_default() += 1;
@@ -1470,6 +1491,8 @@ fn random_operations_under_random_cuts_through_lock_clients_never_hang_overlap_o
                         .expect("check_sessions hung")
                         .expect("check_sessions");
                     stale[c] = false;
+                    // Every request of the client's is answered now.
+                    given_up_since.retain(|&(client, _), _| client != c);
                 }
             }
         }
