@@ -37,6 +37,12 @@ use crate::{Error, LockKey, LockMode, LockOptions, Result, trace};
 /// A lane's session: a pool connection the client owns, shared by many locks.
 pub(super) type LaneSession = Session<PoolConnection<Postgres>>;
 
+/// How many fixed lanes may have a statement on the wire before a new key joins one of
+/// them instead of starting another: two keep the client and the server busy at once (one
+/// lane's answers are read while the other's statement runs); more only split the same
+/// operations into smaller batches, each costing the server a statement.
+const IN_FLIGHT: usize = 2;
+
 /// The id of an operation a lane carries.
 pub(super) type OpId = u64;
 
@@ -335,19 +341,28 @@ impl Table {
         self.lanes.iter().filter(|l| l.has_session()).count() + self.waiting
     }
 
-    /// The lane a key's levels live on, or the one a new key goes to (by its hash, so
-    /// that keys spread over the lanes).
+    /// The lane a key's levels live on, or the one a new key goes to: its own by its
+    /// hash (so that keys spread over the lanes), unless [`IN_FLIGHT`] lanes have a
+    /// statement on the wire and its own has none. Then it joins the busy lane with the
+    /// shortest queue, and goes out in that lane's next statement: under load, batches
+    /// grow instead of statements multiplying (see the module docs).
     fn lane_for(&self, key: LockKey) -> LaneId {
-        match self.keys.get(&key) {
-            Some(backing) => backing.lane,
-            None => {
-                let hash = match key {
-                    LockKey::BigInt(k) => k as u64,
-                    LockKey::IntPair(a, b) => ((a as u64) << 32) ^ (b as u32 as u64),
-                };
-                (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.fixed
-            }
+        if let Some(backing) = self.keys.get(&key) {
+            return backing.lane;
         }
+        let hash = match key {
+            LockKey::BigInt(k) => k as u64,
+            LockKey::IntPair(a, b) => ((a as u64) << 32) ^ (b as u32 as u64),
+        };
+        let own = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.fixed;
+        let busy = |lane: &LaneId| matches!(self.lanes[*lane].io, Io::Busy(_));
+        if busy(&own) || (0..self.fixed).filter(busy).count() < IN_FLIGHT {
+            return own;
+        }
+        (0..self.fixed)
+            .filter(busy)
+            .min_by_key(|&lane| self.lanes[lane].queue.len())
+            .unwrap_or(own)
     }
 
     /// Whether the client holds `mode` of `key` on the server through another lock's
@@ -1375,5 +1390,48 @@ pub(super) fn copy_error(err: &Error, key: LockKey) -> Error {
         Error::Database(db) => Error::Database(sqlx::Error::Protocol(format!(
             "a statement carrying this operation with others failed: {db}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Puts a statement "on the wire" of `lane` (one that never lands) and `queued`
+    /// operations behind it.
+    fn make_busy(table: &mut Table, lane: LaneId, queued: usize) {
+        table.lanes[lane].io = Io::Busy(Box::pin(std::future::pending()));
+        for _ in 0..queued {
+            table.push(OpKind::Alive, LockKey::BigInt(0), lane);
+        }
+    }
+
+    /// A key whose own lane (by its hash) among `lanes` is `lane`.
+    fn key_of_lane(table: &Table, lane: LaneId) -> LockKey {
+        (0..)
+            .map(LockKey::BigInt)
+            .find(|key| table.lane_for(*key) == lane)
+            .unwrap_or(LockKey::BigInt(0))
+    }
+
+    #[test]
+    fn a_new_key_goes_to_its_own_lane_until_two_lanes_are_busy_then_joins_the_shorter_queue() {
+        let mut table = Table::new(4);
+        let keys: Vec<LockKey> = (0..4).map(|lane| key_of_lane(&table, lane)).collect();
+        // Idle lanes, or one busy: every key to its own lane.
+        make_busy(&mut table, 0, 3);
+        for (lane, key) in keys.iter().enumerate() {
+            assert_eq!(table.lane_for(*key), lane);
+        }
+        // Two busy: a key whose own lane is idle joins the busy lane with the shorter
+        // queue; a key whose own lane is busy stays on it.
+        make_busy(&mut table, 1, 1);
+        assert_eq!(table.lane_for(keys[2]), 1);
+        assert_eq!(table.lane_for(keys[3]), 1);
+        assert_eq!(table.lane_for(keys[0]), 0);
+        assert_eq!(table.lane_for(keys[1]), 1);
+        // A key the client holds stays where its levels are.
+        table.keys.insert(keys[3], Backing::new(3));
+        assert_eq!(table.lane_for(keys[3]), 3);
     }
 }
