@@ -646,7 +646,8 @@ fn lock_space(space: &Mutex<Space>) -> MutexGuard<'_, Space> {
 /// All keys of one lock space.
 #[derive(Default)]
 struct Space {
-    keys: HashMap<LockKey, KeyQueue>,
+    /// By key: keys are the caller's, so a seeded hasher.
+    keys: HashMap<LockKey, KeyQueue, foldhash::fast::RandomState>,
     /// Session ids and wait tickets, never reused.
     next_id: u64,
 }

@@ -79,11 +79,17 @@ pub(crate) struct Watch {
 }
 
 struct Slot {
-    /// When the armed statement is due, in nanoseconds after [`epoch`]; 0 when disarmed.
+    /// When the armed statement is due, in nanoseconds after [`epoch`]; 0 when disarmed,
+    /// [`EXPIRED`] once the timer thread found it past due.
     due: AtomicU64,
     /// The waker of the task polling the armed statement.
     waker: Mutex<Option<Waker>>,
 }
+
+/// A slot's `due` once the timer thread has fired it: the armed statement's poll reads
+/// this flag instead of the clock (a lane's statement is polled by many tasks, and
+/// reading the clock at every poll was 5% of a busy client's CPU).
+const EXPIRED: u64 = u64::MAX;
 
 /// The instant statement deadlines count from.
 fn epoch() -> Instant {
@@ -111,7 +117,7 @@ impl Watch {
     /// otherwise `None`, and `future` is dropped.
     pub(crate) async fn bound<F: Future>(&self, limit: Duration, future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
-        let due = nanos_since_epoch(Instant::now() + limit.min(FOREVER)).max(1);
+        let due = nanos_since_epoch(Instant::now() + limit.min(FOREVER)).clamp(1, EXPIRED - 1);
         let armed = Armed { slot: &self.slot };
         // Before the thread's `parked` is read: the thread sets it before it scans, so
         // either its scan sees this deadline or this sees it parked (see `Timer::armed`).
@@ -129,7 +135,9 @@ impl Watch {
             if let Some(timer) = Timer::get() {
                 timer.armed();
             }
-            match nanos_since_epoch(Instant::now()) >= due {
+            // The thread sets EXPIRED before it takes the waker registered above: either
+            // this sees it, or the thread wakes this task to see it.
+            match armed.slot.due.load(Ordering::SeqCst) == EXPIRED {
                 true => Poll::Ready(None),
                 false => Poll::Pending,
             }
@@ -293,11 +301,21 @@ impl Timer {
             wheel.slots.retain(|slot| match slot.upgrade() {
                 Some(slot) => {
                     let at = slot.due.load(Ordering::SeqCst);
-                    if at != 0 && at <= now_nanos {
-                        if let Some(waker) = lock_or_recover(&slot.waker).take() {
+                    if at == 0 || at == EXPIRED {
+                        // Disarmed, or fired and not yet disarmed.
+                    } else if at <= now_nanos {
+                        // Only if still armed for the same statement (not disarmed and
+                        // armed again since the load).
+                        let fired = slot
+                            .due
+                            .compare_exchange(at, EXPIRED, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok();
+                        if let Some(waker) =
+                            fired.then(|| lock_or_recover(&slot.waker).take()).flatten()
+                        {
                             due.push(waker);
                         }
-                    } else if at != 0 {
+                    } else {
                         watching = true;
                     }
                     true

@@ -314,7 +314,8 @@ pub(super) enum Backed {
 
 /// The client's record of the server, and its lanes.
 pub(super) struct Table {
-    keys: HashMap<LockKey, Backing>,
+    /// By key: keys are the caller's, so a seeded hasher.
+    keys: HashMap<LockKey, Backing, foldhash::fast::RandomState>,
     lanes: Vec<Lane>,
     /// By id: ids are the client's own counter, so FNV (no flooding to defend against).
     ops: FnvHashMap<OpId, Op>,
@@ -327,7 +328,7 @@ pub(super) struct Table {
 impl Table {
     pub(super) fn new(fixed: usize) -> Table {
         Table {
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             lanes: (0..fixed).map(|_| Lane::new(false)).collect(),
             ops: FnvHashMap::default(),
             next_op: 0,
