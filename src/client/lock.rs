@@ -436,7 +436,7 @@ impl Reservation<'_> {
                 Ok(false) if wait.may_wait() => {}
                 outcome => return outcome,
             }
-            if lock(&inner.table).holds_other_mode(key, self.mode) {
+            if lock(&inner.table).holds_other_mode(key, mode) {
                 // Held in the other mode on a lane: a wait there would stall the lane.
                 timer::sleep(RETRY.min(wait.remaining().unwrap_or(RETRY))).await;
                 let retried = self.request(|table| table.retry(key, mode, wait.may_wait()));
@@ -456,7 +456,7 @@ impl Reservation<'_> {
                 WaitStart::Start(op) => {
                     // Boxed: a rare path, whose future (a whole AdvisoryLock's) would
                     // otherwise weigh on every acquisition's.
-                    let waited = Box::pin(wait_alone(&inner, key, self.mode, wait, op)).await;
+                    let waited = Box::pin(wait_alone(&inner, key, mode, wait, op)).await;
                     match waited {
                         // Timed out: nothing more to wait for.
                         Ok(false) => return Ok(false),
