@@ -209,6 +209,21 @@ async fn run() {
         }
         println!("profile-throughput: {blocks} LockClient blocks in 10 s");
     }
+    // Likewise for the quiet client's try_lock + unlock (`profile-quiet`): one lock, one
+    // task, pairs for 10 s.
+    if sections.iter().any(|a| a == "profile-quiet") {
+        let pool = new_pool(&url, 4).await;
+        let client = new_client(&pool, LockOptions::default());
+        let mut lock = client.lock(key(QUIET_SPACE, 1));
+        let start = Instant::now();
+        let mut pairs = 0u64;
+        while start.elapsed() < Duration::from_secs(10) {
+            assert!(lock.try_lock().await.unwrap());
+            lock.unlock().await.unwrap();
+            pairs += 1;
+        }
+        println!("profile-quiet: {pairs} ClientLock pairs in 10 s");
+    }
     println!();
     println!("{}", pin::report());
     admin.close().await.ok();
