@@ -1542,6 +1542,25 @@ fn a_local_grant_lost_with_its_lane_before_it_is_backed_is_taken_again_and_leave
     });
 }
 
+/// Polls `request` once (its try goes out), lets the client read the server's refusal
+/// without `request` seeing it, then terminates `lane` and lets the client find the loss:
+/// `request` asks again only when it is polled next.
+async fn refused_then_lane_lost<F: std::future::Future + Unpin>(
+    client: &LockClient,
+    request: &mut F,
+    lane: i32,
+) {
+    let polled = future::poll_once(&mut *request).await;
+    assert!(polled.is_none(), "the request's try is on its way");
+    within(LIMIT, "the try is answered", client.check_sessions())
+        .await
+        .unwrap();
+    support::terminate(lane).await;
+    within(LIMIT, "the loss is found", client.check_sessions())
+        .await
+        .unwrap();
+}
+
 #[test]
 fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_leaves_nothing_behind()
  {
@@ -1571,17 +1590,7 @@ fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_
         // is refused; before the lock reads that answer, its lane is terminated and the
         // loss found: its shared level and the local grant of the upgrade are lost.
         let mut upgrade = Box::pin(a.lock());
-        assert!(
-            future::poll_once(&mut upgrade).await.is_none(),
-            "the upgrade's try"
-        );
-        within(LIMIT, "the try is answered", client.check_sessions())
-            .await
-            .unwrap();
-        support::terminate(lane).await;
-        within(LIMIT, "the loss is found", client.check_sessions())
-            .await
-            .unwrap();
+        refused_then_lane_lost(&client, &mut upgrade, lane).await;
         assert!(support::unlock_shared_on(&mut plain, key).await);
 
         // The lost grant was never the caller's: the upgrade starts again and takes the
@@ -1621,17 +1630,7 @@ fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_
         let lane = the_holder(keys[0]).await;
         let (mut plain, _) = plain_holder(keys[1]).await;
         let mut taking = Box::pin(client.try_lock_all_shared_for(keys.clone(), LIMIT));
-        assert!(
-            future::poll_once(&mut taking).await.is_none(),
-            "the set's try"
-        );
-        within(LIMIT, "the try is answered", client.check_sessions())
-            .await
-            .unwrap();
-        support::terminate(lane).await;
-        within(LIMIT, "the loss is found", client.check_sessions())
-            .await
-            .unwrap();
+        refused_then_lane_lost(&client, &mut taking, lane).await;
         assert!(support::unlock_on(&mut plain, keys[1]).await);
         let set = within(LIMIT, "the set", taking)
             .await
