@@ -30,6 +30,7 @@ use support::XorShift;
 use support::assert_lock_lost;
 use support::cluster::PrivateCluster;
 use support::lanes;
+use support::proxy::Proxy;
 use support::rt;
 use support::statements::Observer;
 
@@ -1542,15 +1543,19 @@ fn a_local_grant_lost_with_its_lane_before_it_is_backed_is_taken_again_and_leave
     });
 }
 
-/// Polls `request` once (its try goes out), lets the client read the server's refusal
-/// without `request` seeing it, then terminates `lane` and lets the client find the loss:
-/// `request` asks again only when it is polled next.
+/// Polls `request` once (its try goes out, and the silent proxy holds the answer back,
+/// so that the request cannot read it within that poll), lets the client read the
+/// server's refusal without `request` seeing it, then terminates `lane` and lets the
+/// client find the loss: `request` asks again only when it is polled next.
 async fn refused_then_lane_lost<F: std::future::Future + Unpin>(
+    proxy: &Proxy,
     client: &LockClient,
     request: &mut F,
     lane: i32,
 ) {
+    proxy.blackhole(true);
     let polled = future::poll_once(&mut *request).await;
+    proxy.blackhole(false);
     assert!(polled.is_none(), "the request's try is on its way");
     within(LIMIT, "the try is answered", client.check_sessions())
         .await
@@ -1566,7 +1571,8 @@ fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_
  {
     let _t = Timed::start("request refused while its levels go");
     rt::run(async {
-        let pool = support::pool().await;
+        let proxy = Proxy::start();
+        let pool = proxy.pool(8, LIMIT).await;
         let client = LockClient::with_options(&pool, ClientOptions::new().max_sessions(1));
         let key = support::key("client/upgrade-lost-while-refused");
         // A plain session shares the key, so the server refuses the client's upgrade.
@@ -1590,7 +1596,7 @@ fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_
         // is refused; before the lock reads that answer, its lane is terminated and the
         // loss found: its shared level and the local grant of the upgrade are lost.
         let mut upgrade = Box::pin(a.lock());
-        refused_then_lane_lost(&client, &mut upgrade, lane).await;
+        refused_then_lane_lost(&proxy, &client, &mut upgrade, lane).await;
         assert!(support::unlock_shared_on(&mut plain, key).await);
 
         // The lost grant was never the caller's: the upgrade starts again and takes the
@@ -1630,7 +1636,7 @@ fn a_request_refused_while_its_local_levels_go_with_their_lane_starts_again_and_
         let lane = the_holder(keys[0]).await;
         let (mut plain, _) = plain_holder(keys[1]).await;
         let mut taking = Box::pin(client.try_lock_all_shared_for(keys.clone(), LIMIT));
-        refused_then_lane_lost(&client, &mut taking, lane).await;
+        refused_then_lane_lost(&proxy, &client, &mut taking, lane).await;
         assert!(support::unlock_on(&mut plain, keys[1]).await);
         let set = within(LIMIT, "the set", taking)
             .await
