@@ -473,8 +473,7 @@ impl Reservation<'_> {
     /// server level (the loss, once accounted for, would leave that level held by nobody,
     /// and the next lock on the key would answer for it).
     fn request<T>(&mut self, ask: impl FnOnce(&mut Table) -> T) -> Option<T> {
-        let inner = Arc::clone(&self.lock.inner);
-        let mut table = lock(&inner.table);
+        let mut table = lock(&self.lock.inner.table);
         if !self.lock.local.holds(self.mode) {
             self.lost_unbacked = true;
             return None;
